@@ -1,0 +1,160 @@
+"""Level 1: NNTP framing and parsing, with bytes only (no sockets)."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from usenetfs.errors import UserError
+from usenetfs.nntp.config import parse_server_url
+from usenetfs.nntp.connection import error_for
+from usenetfs.nntp import errors as E
+from usenetfs.nntp.protocol import (
+    ResponseReader,
+    accepted_message_id,
+    dot_stuff,
+    dot_unstuff,
+    encode_block,
+    format_command,
+    is_too_many_connections,
+    parse_status,
+)
+
+lines = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")),
+                 max_size=30)
+
+
+def test_status_line_parsing():
+    assert parse_status(b"200 news.example ready") == (200, "news.example ready")
+    assert parse_status(b"205") == (205, "")
+    for bad in (b"", b"20", b"abc hello", b"2000 x", b"099 x"):
+        with pytest.raises(E.ProtocolError):
+            parse_status(bad)
+
+
+def test_single_line_responses_split_across_feeds():
+    reader = ResponseReader(initial_size=16)
+    reader.feed(b"200 hel")
+    assert reader.next_response() is None
+    reader.feed(b"lo\r\n340 send\r\n240 <a@b> ok\r\n")
+    assert reader.next_response().line == "200 hello"
+    assert reader.next_response().code == 340
+    response = reader.next_response()
+    assert (response.code, accepted_message_id(response.text)) == (240, "<a@b>")
+    assert reader.next_response() is None and reader.buffered == 0
+
+
+def test_multiline_block_is_unstuffed_and_byte_exact():
+    reader = ResponseReader()
+    reader.feed(b"222 0 <a@b> body\r\n..leading dot\r\nplain\r\n...\r\n.\r\n430 no\r\n")
+    response = reader.next_response()
+    assert response.code == 222
+    assert response.data == b".leading dot\r\nplain\r\n..\r\n"
+    assert reader.next_response().code == 430
+
+
+def test_empty_block_and_capabilities():
+    reader = ResponseReader()
+    reader.feed(b"222 0 <a@b>\r\n.\r\n101 Capability list:\r\nVERSION 2\r\nREADER\r\n.\r\n")
+    assert reader.next_response().data == b""
+    assert reader.next_response().lines() == ["VERSION 2", "READER"]
+
+
+@given(lines, st.integers(min_value=1, max_value=50))
+def test_block_round_trip_any_chunking(body_lines, chunk):
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    wire = b"222 0 <x@y>\r\n" + encode_block(body) + b"223 0 <x@y>\r\n"
+    reader = ResponseReader(initial_size=8)
+    got = []
+    for i in range(0, len(wire), chunk):
+        reader.feed(wire[i:i + chunk])
+        while (response := reader.next_response()) is not None:
+            got.append(response)
+    assert [r.code for r in got] == [222, 223]
+    assert got[0].data == body
+
+
+@given(lines)
+def test_stuff_unstuff_inverse(body_lines):
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    stuffed = dot_stuff(body)
+    assert b"\r\n.\r\n" not in b"\r\n" + stuffed  # no line of a stuffed block is a lone "."
+    assert dot_unstuff(stuffed) == body
+
+
+def test_encode_block_refuses_bare_lf_and_nul():
+    with pytest.raises(ValueError):
+        encode_block(b"a\nb\r\n")
+    with pytest.raises(ValueError):
+        encode_block(b"a\0b\r\n")
+    assert encode_block(b"") == b".\r\n"
+    assert encode_block(b"no newline") == b"no newline\r\n.\r\n"
+
+
+def test_commands_cannot_smuggle_lines():
+    assert format_command("BODY", "<a@b>") == b"BODY <a@b>\r\n"
+    with pytest.raises(ValueError):
+        format_command("BODY", "<a@b>\r\nQUIT")
+    with pytest.raises(ValueError):
+        format_command("AUTHINFO", "PASS", "x" * 600)
+
+
+def test_garbage_and_oversized_status_lines_raise():
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 400 Bad Request\r\n")
+    with pytest.raises(E.ProtocolError):
+        reader.next_response()
+    reader = ResponseReader()
+    reader.feed(b"2" * 5000)
+    with pytest.raises(E.ProtocolError):
+        reader.next_response()
+
+
+@pytest.mark.parametrize("code,text,expected", [
+    (502, "Too many connections", True),
+    (482, "Too many connections for your user.", True),
+    (502, "Your per-user connection limit reached", True),
+    (400, "Permission denied: Too many connections from your IP address", True),
+    (481, "Simultaneous IP login detected", True),
+    (502, "You have no permission to talk.  Goodbye!", False),
+    (481, "Authentication failed", False),
+    (502, "Download limit exceeded", False),
+    (441, "Too many connections", False),
+])
+def test_too_many_connections_clues(code, text, expected):
+    assert is_too_many_connections(code, text) is expected
+
+
+@pytest.mark.parametrize("code,text,kind", [
+    (430, "No such article", E.ArticleNotFound),
+    (441, "435 Duplicate", E.DuplicateArticle),
+    (441, "Article is bigger than local limit", E.PostRejected),
+    (440, "Posting not allowed", E.PostingNotAllowed),
+    (481, "Authentication failed", E.AuthenticationFailed),
+    (502, "Too many connections", E.TooManyConnections),
+    (502, "You have no permission to talk", E.ServerUnavailable),
+    (503, "Timeout", E.ServerError),
+])
+def test_error_classification(code, text, kind):
+    error = error_for(code, text, "X")
+    assert type(error) is kind
+    assert error.code == code
+
+
+def test_server_urls():
+    config = parse_server_url("nntps://alice:s%40cret@news.example.com")
+    assert (config.host, config.port, config.tls, config.user, config.password) == \
+        ("news.example.com", 563, True, "alice", "s@cret")
+    assert parse_server_url("nntp://127.0.0.1:1190").port == 1190
+    assert parse_server_url("nntp://h?starttls=1").starttls
+    assert "cret" not in parse_server_url("nntps://alice:s%40cret@h").describe()
+    for bad in ("http://x", "nntp://", "nntp://h:99999", "nntp://h/path", "nntp://h?x=1",
+                "nntps://h?starttls=1"):
+        with pytest.raises(UserError):
+            parse_server_url(bad)
+
+
+def test_password_file(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    assert parse_server_url("nntp://bob@h", password_file=secret).password == "hunter2"
+    with pytest.raises(UserError, match="cannot read"):
+        parse_server_url("nntp://bob@h", password_file=tmp_path / "missing")

@@ -1,0 +1,148 @@
+"""Level 2: the NNTP client against a real INN on loopback (and the fault proxy)."""
+
+import os
+import uuid
+
+import pytest
+import trio
+
+from usenetfs.nntp import errors as E
+from usenetfs.nntp.config import ServerConfig, parse_server_url
+from usenetfs.nntp.connection import NNTPConnection
+
+from faultproxy import FaultProxy, Rule
+
+GROUP = "alt.binaries.test"
+
+
+def new_id() -> str:
+    return f"<{uuid.uuid4().hex}@example.test>"
+
+
+def make_article(message_id: str, body: bytes, group: str = GROUP) -> bytes:
+    headers = (f"From: someone <someone@example.test>\r\nNewsgroups: {group}\r\n"
+               f"Subject: {uuid.uuid4().hex}\r\nMessage-ID: {message_id}\r\n\r\n")
+    return headers.encode() + body
+
+
+def config_for(url: str, **kwargs) -> ServerConfig:
+    config = parse_server_url(url)
+    return ServerConfig(**{**config.__dict__, **kwargs})
+
+
+async def test_post_and_fetch_are_byte_exact(inn):
+    body = (b".starts with a dot\r\n..two dots\r\n.\r\nplain line\r\n"
+            + bytes(range(1, 256)).replace(b"\r", b"").replace(b"\n", b"") + b"\r\n"
+            + b"x" * 5000 + b"\r\n")
+    message_id = new_id()
+    async with await NNTPConnection.open(config_for(inn.url)) as conn:
+        assert conn.greeting.startswith("200")
+        assert "READER" in conn.capabilities
+        accepted = await conn.post(make_article(message_id, body))
+        assert accepted in (None, message_id)
+        assert await conn.body(message_id) == body
+        assert await conn.stat(message_id)
+        assert f"Message-ID: {message_id}".encode() in await conn.head(message_id)
+        assert (await conn.article(message_id)).endswith(body)
+
+
+async def test_large_body_and_missing_article(inn):
+    body = b"".join(os.urandom(64).hex().encode() + b"\r\n" for _ in range(12000))  # ~1.5 MB
+    message_id = new_id()
+    async with await NNTPConnection.open(config_for(inn.url)) as conn:
+        await conn.post(make_article(message_id, body))
+        assert await conn.body(message_id) == body
+        with pytest.raises(E.ArticleNotFound):
+            await conn.body(new_id())
+        assert not await conn.stat(new_id())
+        # A 430 does not break the connection.
+        assert await conn.body(message_id) == body
+
+
+async def test_duplicate_post_is_recognised(inn):
+    message_id = new_id()
+    article = make_article(message_id, b"once\r\n")
+    async with await NNTPConnection.open(config_for(inn.url)) as conn:
+        await conn.post(article)
+        with pytest.raises(E.DuplicateArticle):
+            await conn.post(article)
+
+
+async def test_authinfo(inn_auth):
+    good = config_for(inn_auth.url, user="alice", password="wonderland")
+    async with await NNTPConnection.open(good) as conn:
+        assert conn.authenticated
+        message_id = new_id()
+        await conn.post(make_article(message_id, b"authenticated\r\n"))
+        assert await conn.body(message_id) == b"authenticated\r\n"
+
+    async with await NNTPConnection.open(config_for(inn_auth.url)) as anonymous:
+        with pytest.raises(E.AuthenticationRequired):
+            await anonymous.body(new_id())
+
+    with pytest.raises(E.AuthenticationFailed):
+        await NNTPConnection.open(config_for(inn_auth.url, user="alice", password="wrong"))
+
+
+async def test_tls_trusted_and_untrusted(inn_tls):
+    trusted = config_for(inn_tls.url.replace("nntp://", "nntps://"), ca_file=str(inn_tls.cert_file))
+    async with await NNTPConnection.open(trusted) as conn:
+        assert conn.tls_version and conn.tls_version.startswith("TLS")
+        message_id = new_id()
+        await conn.post(make_article(message_id, b"..over tls\r\n"))
+        assert await conn.body(message_id) == b"..over tls\r\n"
+
+    untrusted = config_for(inn_tls.url.replace("nntp://", "nntps://"))
+    with pytest.raises(E.TLSError, match="not trusted"):
+        await NNTPConnection.open(untrusted)
+
+
+async def test_refusing_server(inn_refuse):
+    with pytest.raises(E.ServerUnavailable) as caught:
+        await NNTPConnection.open(config_for(inn_refuse.url))
+    assert caught.value.code == 502
+
+
+async def test_connection_refused_is_fast_and_clear():
+    port = _unused_port()
+    with pytest.raises(E.ConnectFailed, match="cannot connect"):
+        await NNTPConnection.open(ServerConfig("127.0.0.1", port))
+
+
+async def test_response_timeout_breaks_the_connection(inn):
+    async with FaultProxy.start(inn.host, inn.port) as proxy:
+        proxy.add_rule(Rule(command="BODY", action="stall"))
+        config = ServerConfig("127.0.0.1", proxy.port, response_timeout=0.5)
+        conn = await NNTPConnection.open(config)
+        with pytest.raises(E.ResponseTimeout):
+            await conn.body(new_id())
+        assert conn.broken and conn.closed
+        with pytest.raises(E.ConnectionBroken):
+            await conn.stat(new_id())
+
+
+async def test_cut_body_breaks_the_connection(inn):
+    message_id = new_id()
+    body = b"y" * 200_000 + b"\r\n"
+    async with await NNTPConnection.open(config_for(inn.url)) as conn:
+        await conn.post(make_article(message_id, body))
+    async with FaultProxy.start(inn.host, inn.port) as proxy:
+        proxy.add_rule(Rule(command="BODY", action="cut_response", cut_bytes=50_000))
+        conn = await NNTPConnection.open(ServerConfig("127.0.0.1", proxy.port))
+        with pytest.raises(E.ConnectionBroken):
+            await conn.body(message_id)
+        assert conn.broken
+
+
+async def test_greeting_too_many_connections(inn):
+    async with FaultProxy.start(inn.host, inn.port) as proxy:
+        proxy.add_rule(Rule(command="CONNECT", action="reply", reply="502 Too many connections"))
+        with pytest.raises(E.TooManyConnections):
+            await NNTPConnection.open(ServerConfig("127.0.0.1", proxy.port))
+
+
+def _unused_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,233 @@
+"""NNTP wire format, without I/O: commands out, responses in (RFC 3977, 4643, 4642).
+
+This module owns framing only. `ResponseReader` is a receive buffer the connection reads
+into (zero-copy, via `writable()`/`commit()`) and from which complete responses are cut;
+`format_command` and `encode_block` build what goes out. Nothing here touches a socket,
+so every rule is unit-tested with plain bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+
+# Responses followed by a dot-terminated data block (RFC 3977 §3.2 and the command
+# descriptions). The set does not depend on which command was sent, so a reader can
+# frame any response without knowing the request.
+MULTILINE_CODES = frozenset({100, 101, 215, 220, 221, 222, 224, 225, 230, 231})
+
+MAX_COMMAND_LINE = 512  # octets including CRLF (RFC 3977 §3.1)
+# A status line is at most 512 octets by the RFC; real servers add longer texts, so be
+# lenient, but not unbounded: a peer that never sends CRLF is broken, not slow.
+MAX_STATUS_LINE = 4096
+
+_TERMINATOR = b"\r\n.\r\n"
+
+
+@dataclass(slots=True)
+class Response:
+    """One server response: the status code, the rest of the status line, and the
+    un-stuffed data block for multi-line responses (None otherwise).
+
+    `data` is the block exactly as the article carried it: every line ends in CRLF,
+    the terminating "." line is removed and one leading dot is removed from each line.
+    """
+
+    code: int
+    text: str
+    data: bytes | None = None
+
+    @property
+    def line(self) -> str:
+        return f"{self.code} {self.text}".rstrip()
+
+    def lines(self) -> list[str]:
+        """The data block split into text lines (for CAPABILITIES, HEAD and such)."""
+        if not self.data:
+            return []
+        return self.data.decode("utf-8", "replace").split("\r\n")[:-1]
+
+
+def format_command(verb: str, *args: str) -> bytes:
+    """One command line, validated: no CR/LF/NUL can smuggle a second command."""
+    line = " ".join((verb, *args))
+    if any(c in line for c in "\r\n\0"):
+        raise ValueError("NNTP command arguments must not contain CR, LF or NUL")
+    data = line.encode("utf-8") + b"\r\n"
+    if len(data) > MAX_COMMAND_LINE:
+        raise ValueError(f"NNTP command line longer than {MAX_COMMAND_LINE} octets")
+    return data
+
+
+def dot_stuff(data: bytes | memoryview) -> bytes:
+    """Prepend a '.' to every line that starts with one (RFC 3977 §3.1.1).
+
+    yEnc bodies escape leading dots themselves, so the common case is one `find`
+    and no copy.
+    """
+    data = bytes(data)
+    if data.startswith(b"."):
+        data = b"." + data
+    if b"\r\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n..")
+    return data
+
+
+def dot_unstuff(block: bytes | bytearray | memoryview) -> bytes:
+    """Remove the stuffing dot from every line that starts with '.'."""
+    data = bytes(block)
+    if b"\r\n." in data:
+        data = data.replace(b"\r\n.", b"\r\n")
+    if data.startswith(b"."):
+        data = data[1:]
+    return data
+
+
+def encode_block(data: bytes | memoryview) -> bytes:
+    """A data block ready to send after 340: stuffed, CRLF-terminated, ending in '.'.
+
+    Lines must already end in CRLF; a bare LF would be rewritten by some servers
+    (INN does) and the article would no longer be byte-exact, so it is refused here.
+    """
+    stuffed = dot_stuff(data)
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    if b"\n" in stuffed.replace(b"\r\n", b""):
+        raise ValueError("article lines must end in CRLF (found a bare LF)")
+    if b"\0" in stuffed:
+        raise ValueError("articles must not contain NUL bytes")
+    return stuffed + b".\r\n"
+
+
+def parse_status(line: bytes) -> tuple[int, str]:
+    """Split a status line into its three-digit code and text."""
+    if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3:4] not in b" \t"):
+        raise ProtocolError(f"malformed NNTP status line: {line[:80]!r}")
+    code = int(line[:3])
+    if not 100 <= code <= 599:
+        raise ProtocolError(f"NNTP status code out of range: {code}")
+    return code, line[4:].decode("utf-8", "replace").strip()
+
+
+def accepted_message_id(text: str) -> str | None:
+    """The Message-ID a server names at the start of its 240 text, if it does.
+
+    Many servers answer "240 <id> Article received ok"; some rewrite the id, so the
+    one they name is the one that was stored (protocol.md §1.5).
+    """
+    text = text.strip()
+    if text.startswith("<"):
+        end = text.find(">")
+        if end > 1:
+            return text[: end + 1]
+    return None
+
+
+class ResponseReader:
+    """A growable receive buffer that yields complete responses.
+
+    The connection asks for `writable(n)` (a memoryview into free space), receives into
+    it, then calls `commit(count)`; `next_response()` returns a complete `Response` or
+    None when more bytes are needed. Blocks are found by scanning only the bytes that
+    arrived since the last scan, so a 1 MB body costs one pass, not one per chunk.
+    """
+
+    def __init__(self, initial_size: int = 1 << 20, max_size: int = 64 << 20):
+        self._buf = bytearray(initial_size)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # one past the last received byte
+        self._max_size = max_size
+        # State of a partially received multi-line response, so rescans resume.
+        self._pending: tuple[int, str, int] | None = None  # (code, text, block start)
+        self._scan_from = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def writable(self, min_free: int = 65536) -> memoryview:
+        """Free space at the end of the buffer, at least `min_free` bytes."""
+        if len(self._buf) - self._end < min_free:
+            self._compact()
+            if len(self._buf) - self._end < min_free:
+                new_size = max(len(self._buf) * 2, self._end + min_free)
+                if new_size > self._max_size:
+                    raise ProtocolError("NNTP response larger than the receive limit")
+                self._buf.extend(bytes(new_size - len(self._buf)))
+        return memoryview(self._buf)[self._end :]
+
+    def commit(self, count: int) -> None:
+        self._end += count
+
+    def feed(self, data: bytes) -> None:
+        """Copy bytes in (for tests and for transports that return new bytes objects)."""
+        view = self.writable(len(data))
+        view[: len(data)] = data
+        view.release()
+        self.commit(len(data))
+
+    def _compact(self) -> None:
+        if self._start == 0:
+            return
+        shift = self._start
+        self._buf[: self._end - shift] = self._buf[shift : self._end]
+        self._end -= shift
+        self._start = 0
+        self._scan_from = max(0, self._scan_from - shift)
+        if self._pending is not None:
+            code, text, block_start = self._pending
+            self._pending = (code, text, block_start - shift)
+
+    def next_response(self) -> Response | None:
+        if self._pending is None:
+            eol = self._buf.find(b"\r\n", self._start, self._end)
+            if eol < 0:
+                if self._end - self._start > MAX_STATUS_LINE:
+                    raise ProtocolError("NNTP status line too long")
+                return None
+            code, text = parse_status(bytes(self._buf[self._start : eol]))
+            if code not in MULTILINE_CODES:
+                self._start = eol + 2
+                return Response(code, text)
+            self._pending = (code, text, eol + 2)
+            self._scan_from = eol + 2
+        code, text, block_start = self._pending
+        # An empty block is just ".\r\n" right after the status line.
+        if self._buf[block_start : block_start + 3] == b".\r\n":
+            self._finish(block_start + 3)
+            return Response(code, text, b"")
+        if self._end - block_start < 3:
+            return None
+        # The terminator is CRLF "." CRLF; the first CRLF ends the last data line.
+        term = self._buf.find(_TERMINATOR, max(block_start, self._scan_from - 4), self._end)
+        if term < 0:
+            self._scan_from = self._end
+            return None
+        data = dot_unstuff(memoryview(self._buf)[block_start : term + 2])
+        self._finish(term + len(_TERMINATOR))
+        return Response(code, text, data)
+
+    def _finish(self, new_start: int) -> None:
+        self._pending = None
+        self._start = new_start
+        self._scan_from = new_start
+        if self._start == self._end:
+            self._start = self._end = 0
+            self._scan_from = 0
+
+
+def is_too_many_connections(code: int, text: str) -> bool:
+    """Does this refusal mean "you have too many connections" (provider wording varies)?
+
+    Providers answer 502, 482 or 400 with texts like "Too many connections",
+    "per-user connection limit reached", "simultaneous IP" (protocol.md §1.10). Clients
+    must read the text here, whatever RFC 3977 says about free-form text.
+    """
+    if code not in (400, 481, 482, 502):
+        return False
+    lowered = text.lower()
+    if "download" in lowered or "byte" in lowered:
+        return False  # quota messages ("download limit") are not connection limits
+    clues = ("too many", "connection", "simultaneous", "exceed", "limit", "threads", "multiple ip")
+    return any(clue in lowered for clue in clues)
