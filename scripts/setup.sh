@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-PKGS="fuse3 libfuse3-dev pkg-config inn2 rsync attr openssl libglib2.0-bin psmisc procps"
+# Build tools for pyfuse3 (compiled against libfuse3), INN, and what the tests drive.
+PKGS="python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev inn2 rsync attr openssl libglib2.0-bin procps util-linux"
 
 missing=""
 for p in $PKGS; do
@@ -37,5 +38,11 @@ if dpkg-query -W -f='${Status}' inn2 2>/dev/null | grep -qv "install ok installe
     dpkg --configure -a
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-echo "setup: done"
+# A virtual environment of the project's own: Debian's Python refuses system-wide pip
+# installs (PEP 668), and this keeps the project's pinned libraries apart from the system's.
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "setup: done (commands are in $(pwd)/.venv/bin)"

@@ -10,6 +10,7 @@ from usenetfs.nntp import errors as E
 from usenetfs.nntp.protocol import (
     ResponseReader,
     accepted_message_id,
+    check_crlf,
     dot_stuff,
     dot_unstuff,
     encode_block,
@@ -61,7 +62,7 @@ def test_empty_block_and_capabilities():
 @given(lines, st.integers(min_value=1, max_value=50))
 def test_block_round_trip_any_chunking(body_lines, chunk):
     body = b"".join(line + b"\r\n" for line in body_lines)
-    wire = b"222 0 <x@y>\r\n" + encode_block(body) + b"223 0 <x@y>\r\n"
+    wire = b"222 0 <x@y>\r\n" + b"".join(encode_block(body)) + b"223 0 <x@y>\r\n"
     reader = ResponseReader(initial_size=8)
     got = []
     for i in range(0, len(wire), chunk):
@@ -80,13 +81,17 @@ def test_stuff_unstuff_inverse(body_lines):
     assert dot_unstuff(stuffed) == body
 
 
-def test_encode_block_refuses_bare_lf_and_nul():
-    with pytest.raises(ValueError):
-        encode_block(b"a\nb\r\n")
+def test_encode_block_refuses_nul_and_check_crlf_refuses_bare_lf():
+    for bad in (b"a\nb\r\n", b"a\rb\r\n", b"\n\r"):
+        with pytest.raises(ValueError):
+            check_crlf(bad)
+    check_crlf(b"a\r\nb\r\n")
     with pytest.raises(ValueError):
         encode_block(b"a\0b\r\n")
-    assert encode_block(b"") == b".\r\n"
-    assert encode_block(b"no newline") == b"no newline\r\n.\r\n"
+    assert b"".join(encode_block(b"")) == b".\r\n"
+    assert b"".join(encode_block(b"no newline")) == b"no newline\r\n.\r\n"
+    body = b"..x\r\n"
+    assert b"".join(encode_block(body)) == b"...x\r\n.\r\n"
 
 
 def test_commands_cannot_smuggle_lines():

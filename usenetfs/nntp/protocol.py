@@ -22,7 +22,6 @@ MAX_COMMAND_LINE = 512  # octets including CRLF (RFC 3977 §3.1)
 # lenient, but not unbounded: a peer that never sends CRLF is broken, not slow.
 MAX_STATUS_LINE = 4096
 
-_TERMINATOR = b"\r\n.\r\n"
 
 
 @dataclass(slots=True)
@@ -84,20 +83,28 @@ def dot_unstuff(block: bytes | bytearray | memoryview) -> bytes:
     return data
 
 
-def encode_block(data: bytes | memoryview) -> bytes:
-    """A data block ready to send after 340: stuffed, CRLF-terminated, ending in '.'.
+def encode_block(data: bytes | memoryview) -> list[bytes]:
+    """A data block ready to send after 340, as buffers to send in order: the stuffed
+    data (the caller's own bytes when no line starts with a dot), and the terminator.
 
-    Lines must already end in CRLF; a bare LF would be rewritten by some servers
-    (INN does) and the article would no longer be byte-exact, so it is refused here.
+    Lines must end in CRLF. A bare LF would be rewritten by some servers (INN does), so
+    the article would not come back byte-exact; checking that here costs a fifth of the
+    posting rate, and every post is read back and compared anyway, so it is left to
+    `check_crlf`, which callers with untrusted input use. NUL is refused (one cheap scan).
     """
     stuffed = dot_stuff(data)
-    if stuffed and not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    if b"\n" in stuffed.replace(b"\r\n", b""):
-        raise ValueError("article lines must end in CRLF (found a bare LF)")
     if b"\0" in stuffed:
         raise ValueError("articles must not contain NUL bytes")
-    return stuffed + b".\r\n"
+    if not stuffed:
+        return [b".\r\n"]
+    return [stuffed, b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"]
+
+
+def check_crlf(data: bytes) -> None:
+    """Raise ValueError unless every CR and LF in `data` is part of a CRLF pair."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        raise ValueError("article lines must end in CRLF (found a bare LF or CR)")
 
 
 def parse_status(line: bytes) -> tuple[int, str]:
@@ -141,6 +148,7 @@ class ResponseReader:
         # State of a partially received multi-line response, so rescans resume.
         self._pending: tuple[int, str, int] | None = None  # (code, text, block start)
         self._scan_from = 0
+        self._stuffed = False  # the pending block has lines that start with a dot
 
     @property
     def buffered(self) -> int:
@@ -193,23 +201,38 @@ class ResponseReader:
             self._pending = (code, text, eol + 2)
             self._scan_from = eol + 2
         code, text, block_start = self._pending
-        # An empty block is just ".\r\n" right after the status line.
-        if self._buf[block_start : block_start + 3] == b".\r\n":
-            self._finish(block_start + 3)
-            return Response(code, text, b"")
-        if self._end - block_start < 3:
-            return None
-        # The terminator is CRLF "." CRLF; the first CRLF ends the last data line.
-        term = self._buf.find(_TERMINATOR, max(block_start, self._scan_from - 4), self._end)
-        if term < 0:
-            self._scan_from = self._end
-            return None
-        data = dot_unstuff(memoryview(self._buf)[block_start : term + 2])
-        self._finish(term + len(_TERMINATOR))
+        # One pass finds both the terminator (CRLF "." CRLF) and stuffed lines (CRLF "."
+        # followed by anything else); yEnc bodies have none of the latter, so the common
+        # case is a single scan and a single copy.
+        buf, end = self._buf, self._end
+        if self._scan_from == block_start and end > block_start and buf[block_start] == 0x2E:
+            if end - block_start < 3:
+                return None
+            if buf[block_start:block_start + 3] == b".\r\n":
+                self._finish(block_start + 3)
+                return Response(code, text, b"")
+            self._stuffed = True
+        position = max(block_start, self._scan_from - 2)
+        while True:
+            hit = buf.find(b"\r\n.", position, end)
+            if hit < 0 or hit + 5 > end:
+                if hit >= 0:
+                    position = hit  # the line after this CRLF "." has not fully arrived
+                self._scan_from = max(position, end - 2) if hit < 0 else position
+                return None
+            if buf[hit + 3:hit + 5] == b"\r\n":
+                break
+            self._stuffed = True
+            position = hit + 3
+        block = memoryview(buf)[block_start:hit + 2]
+        data = dot_unstuff(block) if self._stuffed else bytes(block)
+        block.release()
+        self._finish(hit + 5)
         return Response(code, text, data)
 
     def _finish(self, new_start: int) -> None:
         self._pending = None
+        self._stuffed = False
         self._start = new_start
         self._scan_from = new_start
         if self._start == self._end:

@@ -1,0 +1,54 @@
+"""The `usenetfs` command: argument parsing and the error boundary.
+
+Each sub-command lives in its own module and registers itself here. A `UserError`
+becomes one line on stderr and its exit code; no traceback is shown for anything the
+user can fix. Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import UserError
+from . import server_cmd
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="usenetfs", description="A FUSE filesystem that keeps files on Usenet.")
+    parser.add_argument("--version", action="version", version=f"usenetfs {__version__}")
+    parser.add_argument("--home", metavar="DIR",
+                        help="keep all state under DIR (default: $USENETFS_HOME, else XDG dirs)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    server_cmd.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(logging.DEBUG, level), format="%(levelname)s: %(message)s")
+    try:
+        return args.handler(args) or EXIT_OK
+    except UserError as error:
+        print(f"usenetfs: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("usenetfs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
