@@ -146,3 +146,14 @@ def _unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def test_starttls_upgrades_a_plain_connection(inn):
+    reader = inn.add_reader("starttls")
+    config = config_for(reader.url + "?starttls=1", ca_file=str(reader.cert_file))
+    async with await NNTPConnection.open(config) as conn:
+        assert conn.tls_version and conn.tls_version.startswith("TLS")
+        assert "STARTTLS" not in conn.capabilities  # asked again after the upgrade
+        message_id = new_id()
+        await conn.post(make_article(message_id, b"upgraded\r\n"))
+        assert await conn.body(message_id) == b"upgraded\r\n"

@@ -43,7 +43,7 @@ NEWS_USER = "news"
 # only them, even after they were re-parented.
 MARKER = "USENETFS_INN_DATADIR"
 NOT_INSTALLED = "inn2 is not installed (run scripts/setup.sh)"
-READER_KINDS = ("auth", "tls", "refuse", "limit")
+READER_KINDS = ("auth", "tls", "starttls", "refuse", "limit")
 
 _ESTABLISHED, _LISTEN = "01", "0A"  # TCP states as /proc/net/tcp prints them
 
@@ -696,6 +696,7 @@ class InnServer:
         kind "auth": AUTHINFO required; opts users={"name": "password"}.
         kind "tls": implicit TLS with a self-signed certificate (Reader.cert_file) for
             localhost, 127.0.0.1 and ::1.
+        kind "starttls": plain, offering STARTTLS with that certificate.
         kind "refuse": every connection gets "502 You have no permission to talk".
         kind "limit": opts limit=N; the N+1th simultaneous connection from one IP gets
             "400 Permission denied: Too many connections from your IP address".
@@ -729,12 +730,12 @@ class InnServer:
                 f'auth "users" {{\n    hosts: "*"\n    auth: "ckpasswd -f {passwd}"\n}}\n'
                 'access "users" {\n    users: "*"\n    newsgroups: "*"\n    access: RPA\n}\n'
             )
-        elif kind == "tls":
+        elif kind in ("tls", "starttls"):
             cert_file, key_file = self._tls_files()
             # nnrpd -D reads inn.conf once: give this daemon its own, with the TLS keys.
             innconf = base.with_suffix(".inn.conf")
             self._write(innconf, self._inn_conf_text(tlscertfile=str(cert_file), tlskeyfile=str(key_file)))
-            readers, flags = _LOOPBACK_READERS, ["-S"]
+            readers, flags = _LOOPBACK_READERS, ["-S"] if kind == "tls" else []
         elif kind == "refuse":
             # Only 192.0.2.1 (a documentation address) may talk: nobody real matches.
             readers = 'auth "nobody" {\n    hosts: "192.0.2.1"\n    default: "<nobody>"\n}\n'
