@@ -119,7 +119,7 @@ async def client_run(host: str, port: int, connections: int, op: str, articles) 
         async def one(message_id: str, article: bytes) -> None:
             async with limiter:
                 if op == "post":
-                    await client.post(article)
+                    await client.post(article, dot_free=True)  # yEnc: no leading dots
                 else:
                     await client.body(message_id)
 

@@ -163,3 +163,19 @@ def test_password_file(tmp_path):
     assert parse_server_url("nntp://bob@h", password_file=secret).password == "hunter2"
     with pytest.raises(UserError, match="cannot read"):
         parse_server_url("nntp://bob@h", password_file=tmp_path / "missing")
+
+
+def test_dot_free_blocks_skip_stuffing_but_not_the_terminator():
+    assert b"".join(encode_block(b"=ybegin x\r\nabc\r\n", dot_free=True)) == b"=ybegin x\r\nabc\r\n.\r\n"
+
+
+def test_our_articles_are_dot_free():
+    """The dot_free promise: sabctools escapes a dot at the start of every yEnc line."""
+    import os
+    from usenetfs.codec.article import build_article
+    from usenetfs.codec.segment import SegmentCodec, SegmentId
+    codec = SegmentCodec(os.urandom(32))
+    for payload in (bytes([4]) * 300_000, os.urandom(300_000)):  # 4 + 42 = ord(".")
+        body = codec.encode(SegmentId(bytes(16), 0, 1), payload).body
+        article = build_article("<a@b.c>", "alt.test", body)
+        assert dot_stuff(article) == article

@@ -122,7 +122,7 @@ async def run_server_test(config: ServerConfig, *, group: str, articles: int = 1
         async def post_one(number: int) -> None:
             message_id, article = make(number, 0)
             try:
-                await poster.post(message_id, article)
+                await poster.post(message_id, article, dot_free=True)  # built by codec.article
                 posted[number] = message_id
             except E.NNTPError as error:
                 report.failures.append(f"article {number}: {error}")

@@ -46,9 +46,9 @@ class NNTPClient:
     async def __aexit__(self, *exc_info):
         return await self.pool.__aexit__(*exc_info)
 
-    async def post(self, article: bytes) -> str | None:
+    async def post(self, article: bytes, *, dot_free: bool = False) -> str | None:
         """POST with retries; the Message-ID the server named, if any."""
-        return await self.retrier.run(lambda conn: conn.post(article), what="POST",
+        return await self.retrier.run(lambda conn: conn.post(article, dot_free=dot_free), what="POST",
                                       kind="post", nbytes=len(article), counts_as_article=True)
 
     async def body(self, message_id: str) -> bytes:

@@ -205,13 +205,14 @@ class NNTPConnection:
         await self._load_capabilities()
 
     # --------------------------------------------------------------- commands
-    async def post(self, article: bytes | memoryview) -> str | None:
+    async def post(self, article: bytes | memoryview, *, dot_free: bool = False) -> str | None:
         """POST a complete article (headers, blank line, body; CRLF lines).
 
+        `dot_free`: the caller guarantees no line starts with '.' (see encode_block).
         Returns the Message-ID the server named in its 240 answer, or None if it named
         none. Raises PostRejected/DuplicateArticle (441), PostingNotAllowed (440), ...
         """
-        block = encode_block(article)  # validate before anything is sent
+        block = encode_block(article, dot_free=dot_free)  # validate before anything is sent
         response = await self._command(format_command("POST"), "POST")
         if response.code != 340:
             raise error_for(response.code, response.text, "POST")

@@ -65,7 +65,7 @@ class ArticlePoster:
         self.options = options
 
     async def post_verified(self, make_article: ArticleMaker, *, generation: int = 0,
-                            may_exist: bool = False) -> PostResult:
+                            may_exist: bool = False, dot_free: bool = False) -> PostResult:
         """Post the article and return once BODY has read it back.
 
         `may_exist` is for resuming after a crash: the id is checked before posting, since
@@ -78,7 +78,7 @@ class ArticlePoster:
             found_first = may_exist and await self._has(message_id)
             if not found_first:
                 try:
-                    await self.post(message_id, article)
+                    await self.post(message_id, article, dot_free=dot_free)
                 except E.DuplicateArticle:
                     log.info("%s was already on the server; checking it by BODY", message_id)
             if await self.verify(message_id, expected):
@@ -88,7 +88,7 @@ class ArticlePoster:
             may_exist = False
         raise ArticleLost(f"article not readable after {self.options.max_generations} ids")
 
-    async def post(self, message_id: str, article: bytes) -> None:
+    async def post(self, message_id: str, article: bytes, *, dot_free: bool = False) -> None:
         """POST through the retry manager; after a connection died mid-post, look first."""
         maybe_landed = False
 
@@ -97,7 +97,7 @@ class ArticlePoster:
             if maybe_landed and await conn.stat(message_id):
                 return  # the earlier attempt got through before its connection died
             try:
-                accepted = await conn.post(article)
+                accepted = await conn.post(article, dot_free=dot_free)
             except E.ConnectionBroken:
                 maybe_landed = True
                 raise
