@@ -98,6 +98,7 @@ class ConnectionPool:
     async def aclose(self) -> None:
         """QUIT every idle connection; connections in use are closed when released."""
         self._closing = True
+        self._changed.unpark_all()  # waiters wake up and see the pool is closed
         idle, self._idle = self._idle, []
         with trio.CancelScope(shield=True):
             for conn in idle:
