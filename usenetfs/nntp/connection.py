@@ -373,6 +373,9 @@ async def _start_tls(stream: trio.SocketStream, config: ServerConfig):
             raise E.TLSError(f"TLS certificate of {config.describe()} not trusted: "
                              f"{cause.verify_message}") from None
         raise E.TLSError(f"TLS handshake with {config.describe()} failed: {cause or exc}") from None
+    except BaseException:  # timed out or cancelled mid-handshake: don't leak the socket
+        await trio.aclose_forcefully(stream)
+        raise
     return _TLSTransport(ssl_stream)
 
 
