@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import server_cmd
+from . import server_cmd, volume_cmd
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    volume_cmd.register(commands)
     server_cmd.register(commands)
     return parser
 

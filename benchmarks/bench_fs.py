@@ -1,0 +1,128 @@
+"""End-to-end filesystem figures against ceilings measured in the same run.
+
+1. cp SIZE MiB into the mount + `usenetfs umount` (waits until posted and verified)
+   vs raw POST of the same number of 716,800-byte articles with the same connections.
+2. cold sequential read after `cache clear` + remount vs raw BODY of those articles.
+3. warm read (a file that fits the caches, read a second time) vs benchmarks/memfs.py.
+4. creating 2,000 small files vs the same in memfs.
+
+    python benchmarks/bench_fs.py [--size-mb 1024] [--connections 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_nntp import make_articles, raw_run  # noqa: E402
+from usenetfs.innserver import InnServer  # noqa: E402
+
+PASSPHRASE = "benchmark passphrase"
+
+
+def usenetfs(home: Path, *args: str) -> None:
+    env = {**os.environ, "USENETFS_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, check=True,
+                   timeout=3600)
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def read_file(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+
+
+def small_files(directory: Path, count: int = 2000) -> None:
+    directory.mkdir()
+    payload = b"x" * 2048
+    for i in range(count):
+        with open(directory / f"f{i:05d}", "wb") as f:
+            f.write(payload)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--warm-mb", type=int, default=128)
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fs-"))
+    os.chmod(tmp, 0o755)
+    rows = []
+    try:
+        with InnServer(tmp / "inn") as server:
+            source = Path("/dev/shm") / f"bench-fs-{os.getpid()}"
+            source.write_bytes(os.urandom(args.size_mb << 20))
+            articles = make_articles(max(1, (args.size_mb << 20) // 716_800))
+            nbytes = sum(len(a) for _, a in articles)
+            raw_post = nbytes / raw_run(server.host, server.port, args.connections,
+                                        lambda c, a: c.post(a[1]), articles) / 1e6
+            raw_body = nbytes / raw_run(server.host, server.port, args.connections,
+                                        lambda c, a: c.body(a[0]), articles) / 1e6
+
+            home, mnt = tmp / "home", tmp / "mnt"
+            mnt.mkdir()
+            (tmp / "pass").write_text(PASSPHRASE)
+            usenetfs(home, "init", "bench", "--server", server.url, "--group", "alt.binaries.test",
+                     "--connections", str(args.connections), "--passphrase-file", str(tmp / "pass"))
+            mount = ("mount", "bench", str(mnt), "--passphrase-file", str(tmp / "pass"))
+            usenetfs(home, *mount)
+            size = source.stat().st_size
+            write_s = timed(lambda: (shutil.copyfile(source, mnt / "big"), usenetfs(home, "umount", str(mnt))))
+            rows.append(("cp + umount (posted, verified)", size / write_s / 1e6, raw_post, "raw POST", 0.8))
+            usenetfs(home, "cache", "clear", "bench")
+            usenetfs(home, *mount)
+            cold_s = timed(lambda: read_file(mnt / "big"))
+            rows.append(("cold sequential read", size / cold_s / 1e6, raw_body, "raw BODY", 0.7))
+            warm = mnt / "warm"
+            warm.write_bytes(os.urandom(args.warm_mb << 20))
+            read_file(warm)
+            warm_s = timed(lambda: read_file(warm))
+            create_s = timed(lambda: small_files(mnt / "small"))
+            usenetfs(home, "umount", str(mnt))
+            source.unlink()
+
+            mem = tmp / "memfs"
+            mem.mkdir()
+            proc = subprocess.Popen([sys.executable, str(HERE / "memfs.py"), str(mem)])
+            try:
+                deadline = time.time() + 10
+                while not os.path.ismount(mem) and time.time() < deadline:
+                    time.sleep(0.05)
+                (mem / "warm").write_bytes(os.urandom(args.warm_mb << 20))
+                read_file(mem / "warm")
+                mem_warm_s = timed(lambda: read_file(mem / "warm"))
+                mem_create_s = timed(lambda: small_files(mem / "small"))
+            finally:
+                subprocess.run(["fusermount3", "-u", str(mem)])
+                proc.wait(10)
+            warm_bytes = args.warm_mb << 20
+            rows.append(("warm read", warm_bytes / warm_s / 1e6, warm_bytes / mem_warm_s / 1e6, "memfs", 0.8))
+            rows.append(("create 2,000 small files (files/s)", 2000 / create_s, 2000 / mem_create_s, "memfs", 0.5))
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(tmp / "mnt")], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\n{'':38}{'usenetfs':>10}{'ceiling':>10}  {'ceiling is':10}{'ratio':>7}  goal")
+    for name, ours, ceiling, what, goal in rows:
+        print(f"{name:38}{ours:10.1f}{ceiling:10.1f}  {what:10}{ours / ceiling:7.2f}  >= {goal}")
+
+
+if __name__ == "__main__":
+    main()

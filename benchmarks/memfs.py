@@ -1,0 +1,144 @@
+"""A minimal in-memory pyfuse3 filesystem: the ceiling for usenetfs's FUSE-side figures.
+
+It keeps whole files in bytearrays and does nothing else (no index, no staging, no
+network), with the same mount options usenetfs uses (writeback cache, 1 MiB read-ahead).
+Run: python benchmarks/memfs.py MOUNTPOINT   (foreground; unmount with fusermount3 -u)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+
+import pyfuse3
+import trio
+
+
+class MemFS(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self):
+        super().__init__()
+        now = time.time_ns()
+        self.attrs: dict[int, dict] = {pyfuse3.ROOT_INODE: self._attr(stat.S_IFDIR | 0o755, now)}
+        self.children: dict[int, dict[bytes, int]] = {pyfuse3.ROOT_INODE: {}}
+        self.data: dict[int, bytearray] = {}
+        self.next_inode = pyfuse3.ROOT_INODE + 1
+
+    @staticmethod
+    def _attr(mode: int, now: int) -> dict:
+        return {"mode": mode, "size": 0, "time": now}
+
+    def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
+        a = self.attrs[inode]
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = inode
+        entry.st_mode = a["mode"]
+        entry.st_nlink = 1
+        entry.st_uid = os.getuid()
+        entry.st_gid = os.getgid()
+        entry.st_size = len(self.data[inode]) if inode in self.data else 0
+        entry.st_blksize = 1 << 20
+        entry.st_blocks = (entry.st_size + 511) // 512
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = a["time"]
+        entry.attr_timeout = entry.entry_timeout = 300
+        return entry
+
+    async def getattr(self, inode, ctx=None):
+        return self._entry(inode)
+
+    async def lookup(self, parent, name, ctx=None):
+        inode = self.children.get(parent, {}).get(name)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(inode)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            buf = self.data[inode]
+            if attr.st_size < len(buf):
+                del buf[attr.st_size:]
+            else:
+                buf.extend(bytes(attr.st_size - len(buf)))
+        return self._entry(inode)
+
+    async def opendir(self, inode, ctx):
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        for index, (name, inode) in enumerate(sorted(self.children[fh].items())):
+            if index < start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._entry(inode), index + 1):
+                break
+
+    async def mkdir(self, parent, name, mode, ctx):
+        inode = self._new(parent, name, stat.S_IFDIR | mode)
+        self.children[inode] = {}
+        return self._entry(inode)
+
+    def _new(self, parent: int, name: bytes, mode: int) -> int:
+        inode = self.next_inode
+        self.next_inode += 1
+        self.attrs[inode] = self._attr(mode, time.time_ns())
+        self.children[parent][name] = inode
+        return inode
+
+    async def create(self, parent, name, mode, flags, ctx):
+        inode = self._new(parent, name, stat.S_IFREG | mode)
+        self.data[inode] = bytearray()
+        return pyfuse3.FileInfo(fh=inode), self._entry(inode)
+
+    async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:
+            self.data[inode].clear()
+        return pyfuse3.FileInfo(fh=inode)
+
+    async def read(self, fh, off, size):
+        return bytes(memoryview(self.data[fh])[off:off + size])
+
+    async def write(self, fh, off, buf):
+        data = self.data[fh]
+        if off > len(data):
+            data.extend(bytes(off - len(data)))
+        data[off:off + len(buf)] = buf
+        return len(buf)
+
+    async def unlink(self, parent, name, ctx):
+        inode = self.children[parent].pop(name)
+        self.data.pop(inode, None)
+
+    async def statfs(self, ctx):
+        result = pyfuse3.StatvfsData()
+        result.f_bsize = result.f_frsize = 4096
+        result.f_blocks = result.f_bfree = result.f_bavail = 1 << 30
+        result.f_files = result.f_ffree = result.f_favail = 1 << 30
+        result.f_namemax = 255
+        return result
+
+
+def raise_readahead(mountpoint: str) -> None:
+    try:
+        dev = os.stat(mountpoint).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as out:
+            out.write("1024")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    mountpoint = sys.argv[1]
+    options = set(pyfuse3.default_options) | {"fsname=memfs"}
+    pyfuse3.init(MemFS(), mountpoint, options)
+    raise_readahead(mountpoint)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+if __name__ == "__main__":
+    main()

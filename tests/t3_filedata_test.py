@@ -1,0 +1,596 @@
+"""Level 3: FileData (write-back staging, packing, upload, read-through) on a real Index
+and a real LocalSegmentStore (one test on NNTPSegmentStore against INN).
+
+`FS` below plays the fs layer's part of the contract (index size updates, truncate order,
+release with the parent as group, forget on delete). Every test ends with a clean fsck.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from usenetfs.data import DataUnavailable, FileData
+from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index
+from usenetfs.index.schema import DEAD, VERIFIED
+from usenetfs.keys import VolumeKeys
+from usenetfs.nntp import errors as E
+from usenetfs.nntp.client import NNTPClient, PoolOptions
+from usenetfs.nntp.config import ServerConfig
+from usenetfs.nntp.posting import VerifyOptions
+from usenetfs.nntp.retry import scaled_policies
+from usenetfs.store import LocalSegmentStore, NNTPSegmentStore
+
+SEG = 64 * 1024  # small segments: many-segment files stay cheap to make
+FAST = dict(
+    segment_size=SEG,
+    pack_threshold=16 * 1024,
+    idle_seconds=0.2,
+    release_delay=0.05,
+    retry_base=0.05,
+    retry_max=0.2,
+    read_retries=2,
+    read_retry_delay=0.01,
+)
+
+
+@pytest.fixture
+def index(tmp_path):
+    ix = Index.create(tmp_path / "index.db")
+    yield ix
+    assert ix.fsck() == []
+    ix.close()
+
+
+@pytest.fixture
+def keys():
+    return VolumeKeys(os.urandom(32))
+
+
+@pytest.fixture
+def store(tmp_path, keys):
+    return LocalSegmentStore(tmp_path / "store", keys)
+
+
+class FS:
+    """The fs layer's side of the contract, minimal."""
+
+    def __init__(self, index: Index, data: FileData):
+        self.index = index
+        self.data = data
+
+    def mkdir(self, name: bytes, parent: int = ROOT_INODE) -> int:
+        return self.index.make_node(parent, name, stat.S_IFDIR | 0o755, 0, 0).id
+
+    async def create(self, name: bytes, parent: int = ROOT_INODE) -> int:
+        ino = self.index.make_node(parent, name, stat.S_IFREG | 0o644, 0, 0).id
+        await self.data.open_for_write(ino, 0, truncate=True)
+        return ino
+
+    def size(self, ino: int) -> int:
+        dirty = self.data.dirty_size(ino)
+        return self.index.get_inode(ino).size if dirty is None else dirty
+
+    async def write(self, ino: int, offset: int, data: bytes) -> None:
+        n = await self.data.write(ino, offset, data)
+        assert n == len(data)
+        size = self.index.get_inode(ino).size
+        if offset + n > size:  # no await between the write and the size update
+            self.index.update_inode(ino, size=offset + n)
+
+    async def read(self, ino: int, offset: int = 0, length: int | None = None) -> bytes:
+        size = self.size(ino)
+        if length is None:
+            length = size - offset
+        return await self.data.read(ino, offset, length, size)
+
+    async def truncate(self, ino: int, size: int) -> None:
+        self.index.truncate(ino, size)
+        await self.data.truncate(ino, size)
+
+    async def write_file(self, name: bytes, content: bytes, parent: int = ROOT_INODE, chunk: int = 128 * 1024) -> int:
+        ino = await self.create(name, parent)
+        for pos in range(0, len(content), chunk):
+            await self.write(ino, pos, content[pos : pos + chunk])
+        self.data.release(ino, parent)
+        return ino
+
+    def delete(self, name: bytes, parent: int = ROOT_INODE) -> None:
+        ino = self.index.unlink(parent, name)
+        self.index.delete_inode(ino)
+        self.data.forget(ino)
+
+
+@asynccontextmanager
+async def mounted(index, store, cache_dir, **options):
+    """A FileData with its uploader running, like a mount."""
+    data = FileData(index, store, cache_dir, **{**FAST, **options})
+    await data.recover()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(data.run)
+        try:
+            yield FS(index, data)
+        finally:
+            nursery.cancel_scope.cancel()
+    data.close()
+
+
+async def fresh_read(index, store, tmp_path, ino: int) -> bytes:
+    """Read a clean file through a brand-new FileData: empty caches, nothing staged."""
+    cache = tmp_path / f"fresh-{os.urandom(4).hex()}"
+    async with mounted(index, store, cache) as fs:
+        assert fs.data.dirty_size(ino) is None
+        return await fs.read(ino)
+
+
+def segments_of(index: Index, ino: int) -> set[int]:
+    out = set()
+    for row in index.extents(ino):
+        out.update(range(row.segment, row.last_segment + 1))
+    return out
+
+
+def staged(tmp_path, cache="cache") -> list[str]:
+    return sorted(os.listdir(tmp_path / cache / "staging"))
+
+
+class GatedStore(LocalSegmentStore):
+    """The real local store, with a gate in front of put (to hold uploads in flight),
+    an optional number of puts that fail first, and call counters."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = trio.Event()
+        self.gate.set()
+        self.entered = 0
+        self.fail_next = 0
+        self.fail_calls: set[int] = set()  # put calls (1-based, in order) that fail
+        self.gets: dict[int, int] = {}
+
+    async def put(self, seg, scope_id, payload):
+        self.entered += 1
+        call = self.entered
+        await self.gate.wait()
+        if self.fail_next or call in self.fail_calls:
+            self.fail_next = max(0, self.fail_next - 1)
+            raise E.ServerUnavailable("400 injected failure", 400)
+        return await super().put(seg, scope_id, payload)
+
+    async def get(self, seg, scope_id):
+        self.gets[seg.id] = self.gets.get(seg.id, 0) + 1
+        return await super().get(seg, scope_id)
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+async def test_write_and_read_back_while_dirty(index, store, tmp_path):
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.create(b"f")
+        await fs.write(ino, 0, b"hello world")
+        await fs.write(ino, 6, b"there, world")
+        await fs.write(ino, 100, b"tail")
+        assert fs.data.dirty_size(ino) == 104
+        expected = b"hello there, world" + bytes(82) + b"tail"
+        assert await fs.read(ino) == expected
+        assert await fs.read(ino, 6, 5) == b"there"
+        assert await fs.read(ino, 200, 10) == b""
+        await fs.data.fsync(ino)
+        assert staged(tmp_path) == [str(ino)]
+        assert fs.data.pending() == {"files": 1, "bytes": 104, "segments": 0}
+        assert index.extents(ino) == []  # nothing uploaded yet (idle 60 s)
+        await fs.data.flush_all()
+        assert fs.data.dirty_size(ino) is None
+        assert await fs.read(ino) == expected
+
+
+async def test_upload_then_read_from_segments(index, store, tmp_path):
+    content = os.urandom(5 * SEG + 1234)
+    progress = []
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.write_file(b"big", content)
+        await fs.data.flush_all(lambda done, total: progress.append((done, total)))
+        assert staged(tmp_path) == []
+        assert fs.data.pending() == {"files": 0, "bytes": 0, "segments": 0}
+        assert fs.data.health(ino) == "ok"
+    assert progress[-1] == (len(content), len(content))
+    assert all(done <= total for done, total in progress)
+    # One extent row for the whole run of consecutive segments.
+    rows = index.extents(ino)
+    assert len(rows) == 1
+    assert (rows[0].offset, rows[0].length, rows[0].run, rows[0].stride) == (0, len(content), 6, SEG)
+    for seg in segments_of(index, ino):
+        assert index.segment(seg).state == VERIFIED
+    assert index.get_inode(ino).size == len(content)
+    assert await fresh_read(index, store, tmp_path, ino) == content
+    # Reads at odd offsets across segment boundaries.
+    async with mounted(index, store, tmp_path / "cache2") as fs:
+        for offset, length in ((0, 1), (SEG - 3, 7), (2 * SEG - 1, SEG + 2), (len(content) - 5, 100)):
+            assert await fs.read(ino, offset, length) == content[offset : offset + length]
+
+
+async def test_small_files_in_a_directory_are_packed(index, store, tmp_path):
+    contents = {}
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60, release_delay=0.3) as fs:
+        a = fs.mkdir(b"a")
+        b = fs.mkdir(b"b")
+        for i in range(20):
+            name = b"a%d" % i
+            contents[name, a] = os.urandom(500 + 97 * i)
+        for i in range(5):
+            contents[b"b%d" % i, b] = os.urandom(1000)
+        inos = {}
+        for (name, parent), content in contents.items():
+            inos[name, parent] = await fs.write_file(name, content, parent)
+        await wait_until(lambda: not fs.data.pending()["files"])  # released: uploaded soon, no flush
+    by_dir = {a: set(), b: set()}
+    for (name, parent), ino in inos.items():
+        rows = index.extents(ino)
+        assert len(rows) == 1 and rows[0].run == 1  # one extent pointing inside a segment
+        by_dir[parent] |= segments_of(index, ino)
+    assert len(by_dir[a]) <= 2  # 20 files (~28 KB) in at most two packs (normally one)
+    assert len(by_dir[b]) == 1
+    assert not by_dir[a] & by_dir[b]  # never a segment holding files of two directories
+    async with mounted(index, store, tmp_path / "cache2") as fs:
+        for (name, parent), content in contents.items():
+            assert await fs.read(inos[name, parent]) == content
+
+
+async def test_sparse_large_file_has_no_extents_for_holes(index, store, tmp_path):
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.create(b"sparse")
+        head, tail = os.urandom(100_000), os.urandom(100_000)
+        await fs.write(ino, 0, head)
+        await fs.write(ino, 3_000_000, tail)
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+    rows = index.extents(ino)
+    assert len(rows) == 2
+    assert rows[0].offset == 0 and rows[-1].end == 3_100_000
+    assert sum(r.length for r in rows) < 400_000  # the 2.9 MB hole is not stored
+    assert rows[1].segment <= rows[0].last_segment + 1  # both inside one run
+    data = await fresh_read(index, store, tmp_path, ino)
+    assert data == head + bytes(3_000_000 - 100_000) + tail
+
+
+async def test_overwrite_part_of_a_clean_file_materialises_it(index, store, tmp_path):
+    content = bytearray(os.urandom(3 * SEG + 500))
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", bytes(content))
+        await fs.data.flush_all()
+        old_segments = segments_of(index, ino)
+    async with mounted(index, store, tmp_path / "cache2", idle_seconds=60) as fs:
+        await fs.data.open_for_write(ino, len(content), truncate=False)
+        assert fs.data.dirty_size(ino) is None  # opening alone fetches nothing
+        await fs.write(ino, SEG + 10, b"X" * 20)
+        content[SEG + 10 : SEG + 30] = b"X" * 20
+        assert fs.data.dirty_size(ino) == len(content)
+        assert await fs.read(ino) == bytes(content)
+        await fs.write(ino, len(content), b"appended")
+        content += b"appended"
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, ino) == bytes(content)
+    for seg in old_segments:
+        assert index.segment(seg).state == DEAD  # replaced: garbage now
+    assert index.stats().garbage_bytes > 0
+
+
+async def test_truncate_and_extend(index, store, tmp_path):
+    content = os.urandom(2 * SEG)
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        clean = await fs.write_file(b"clean", content)
+        dirty = await fs.write_file(b"dirty", content)
+        await fs.data.flush_all()
+        # A clean file: the index cuts it, nothing is downloaded, bytes past the cut are a hole.
+        await fs.truncate(clean, 1000)
+        assert fs.data.dirty_size(clean) is None
+        assert await fs.read(clean) == content[:1000]
+        await fs.truncate(clean, 5000)
+        assert await fs.read(clean) == content[:1000] + bytes(4000)
+        # A dirty file: the staging file follows.
+        await fs.data.open_for_write(dirty, 2 * SEG, truncate=False)
+        await fs.write(dirty, 10, b"abc")
+        await fs.truncate(dirty, 20)
+        assert fs.data.dirty_size(dirty) == 20
+        await fs.truncate(dirty, SEG)
+        expected_dirty = content[:10] + b"abc" + content[13:20] + bytes(SEG - 20)
+        assert await fs.read(dirty) == expected_dirty
+        fs.data.release(dirty, ROOT_INODE)
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, clean) == content[:1000] + bytes(4000)
+    assert await fresh_read(index, store, tmp_path, dirty) == expected_dirty
+    assert sum(r.length for r in index.extents(dirty)) <= 20 + 4096  # the zero tail is a hole
+
+
+async def test_forget_drops_staging_and_cancels_its_upload(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.write_file(b"a", os.urandom(10_000))
+        fs.delete(b"a")
+        assert staged(tmp_path) == []
+        assert fs.data.pending()["files"] == 0
+        # Deleted while its upload is in flight: cancelled, its segments discarded.
+        store.gate = trio.Event()
+        ino = await fs.write_file(b"b", os.urandom(3 * SEG))
+        await wait_until(lambda: store.entered >= 1)
+        fs.delete(b"b")
+        assert staged(tmp_path) == []
+        store.gate.set()
+        await wait_until(lambda: fs.data.uploader.active_jobs == 0)
+        assert fs.data.pending() == {"files": 0, "bytes": 0, "segments": 0}
+        assert fs.data.dirty_size(ino) is None
+
+
+async def test_writes_during_an_upload_keep_the_file_dirty(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.write_file(b"f", b"first version " * 1000)
+        await wait_until(lambda: store.entered >= 1)
+        await fs.data.open_for_write(ino, 0, truncate=False)
+        await fs.write(ino, 0, b"SECOND")
+        store.gate.set()
+        await wait_until(lambda: fs.data.uploader.active_jobs == 0)
+        assert fs.data.dirty_size(ino) == 14_000  # still dirty: written meanwhile
+        assert index.extents(ino)  # ... but the older content was committed
+        assert (await fs.read(ino))[:13] == b"SECONDversion"
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, ino) == b"SECOND" + (b"first version " * 1000)[6:]
+
+
+async def test_backpressure_makes_writers_wait_not_fail(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    limit = 200 * 1024
+    peak = 0
+    contents = [os.urandom(48 * 1024) for _ in range(16)]
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=600, release_delay=600, staging_limit=limit) as fs:
+        store.gate = trio.Event()
+        inos = []
+
+        async def writer(i):
+            nonlocal peak
+            ino = await fs.create(b"f%d" % i)
+            inos.append((ino, contents[i]))
+            for pos in range(0, len(contents[i]), 16 * 1024):
+                await fs.write(ino, pos, contents[i][pos : pos + 16 * 1024])
+                peak = max(peak, fs.data.staging.used)
+            fs.data.release(ino, ROOT_INODE)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(contents)):
+                nursery.start_soon(writer, i)
+            # Uploads are held: writers fill the staging area and then wait, none fails.
+            await wait_until(lambda: fs.data.staging.waiting > 0)
+            assert fs.data.staging.used <= limit + 16 * 1024 * 16
+            store.gate.set()  # uploads drain it (release_delay 600 s: only pressure uploads)
+        assert fs.data.staging.used <= limit
+        await fs.data.flush_all()
+        for ino, content in inos:
+            assert await fs.read(ino) == content
+    # Writers can overshoot by at most what one round of concurrent writes adds.
+    assert peak <= limit + 16 * (16 * 1024 + 4096)
+
+
+async def test_a_file_larger_than_the_staging_limit_is_still_written(index, store, tmp_path):
+    # Only the open file itself fills the staging area: waiting would wait forever.
+    async with mounted(index, store, tmp_path / "cache", staging_limit=64 * 1024) as fs:
+        content = os.urandom(300 * 1024)
+        ino = await fs.write_file(b"big", content)
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, ino) == content
+
+
+async def test_crash_recovery_adopts_staging_files(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()  # uploads hang: the "crash" happens mid-upload
+    contents = {b"small": os.urandom(3000), b"large": os.urandom(4 * SEG), b"idle": os.urandom(100)}
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        inos = {name: await fs.write_file(name, c) for name, c in contents.items() if name != b"idle"}
+        inos[b"idle"] = await fs.create(b"idle")
+        await fs.write(inos[b"idle"], 0, contents[b"idle"])
+        await fs.data.fsync(inos[b"idle"])
+        await wait_until(lambda: store.entered >= 2)
+        assert index.stats().segments[0] > 0  # rows committed pending before any post
+    # The nursery was cancelled without flushing: a crash, as far as the disk knows.
+    # (Cancellation discards the rows it can; make some look like a hard crash's leftovers.)
+    leftover = index.new_segment_run(VOLUME_SCOPE, 3, SEG)
+    assert len(staged(tmp_path)) == 3
+
+    store.gate.set()
+    data = FileData(index, store, tmp_path / "cache", **FAST)
+    assert await data.recover() == 3
+    assert {index.segment(s).state for s in range(leftover, leftover + 3)} == {DEAD}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(data.run)
+        assert data.pending()["files"] == 3
+        await data.flush_all()
+        nursery.cancel_scope.cancel()
+    data.close()
+    assert staged(tmp_path) == []
+    for name, content in contents.items():
+        assert await fresh_read(index, store, tmp_path, inos[name]) == content
+
+
+async def test_recover_repairs_a_lagging_index_size(index, store, tmp_path):
+    # A crash can lose the index's last size update but keep the (fsynced) staging file.
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.create(b"f")
+        await fs.write(ino, 0, b"x" * 5000)
+        await fs.data.fsync(ino)
+    index.update_inode(ino, size=10)
+    # ... and a staging file whose inode is gone is dropped.
+    (tmp_path / "cache" / "staging" / "999").write_bytes(b"orphan")
+    (tmp_path / "cache" / "staging" / "7.tmp").write_bytes(b"half a materialisation")
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        assert fs.data.dirty_size(ino) == 5000
+        await fs.data.flush_all()
+        assert staged(tmp_path) == []
+    assert index.get_inode(ino).size == 5000
+    assert await fresh_read(index, store, tmp_path, ino) == b"x" * 5000
+
+
+async def test_failed_uploads_are_retried_with_backoff(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    store.fail_next = 3
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", os.urandom(2 * SEG))
+        other = await fs.write_file(b"g", os.urandom(100))
+        await wait_until(lambda: fs.data.staging.files.get(ino) is None or fs.data.staging.files[ino].failures)
+        if fs.data.staging.files.get(ino) is not None:
+            assert "upload failing" in fs.data.health(ino)
+        await fs.data.flush_all()
+        assert fs.data.health(ino) == "ok"
+    assert store.fail_next == 0
+    assert await fresh_read(index, store, tmp_path, ino) is not None
+    assert len(await fresh_read(index, store, tmp_path, other)) == 100
+
+
+async def test_a_failed_upload_resumes_where_it_stopped(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    store.fail_calls = {3}
+    content = os.urandom(4 * SEG)
+    async with mounted(index, store, tmp_path / "cache", upload_concurrency=1) as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    assert store.entered == 5  # segments 1, 2, (3 fails), then only 3 and 4 again
+    assert index.stats().segments[4] == 0  # nothing thrown away
+    assert len(index.extents(ino)) == 1
+    assert await fresh_read(index, store, tmp_path, ino) == content
+
+
+async def test_staging_goes_only_once_the_index_is_durable(index, store, tmp_path):
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60, sync_delay=0.5) as fs:
+        ino = await fs.write_file(b"f", b"v1" * 100)
+        await wait_until(lambda: fs.data.dirty_size(ino) is None)
+        # Clean at once, but its staging file waits for the index sync.
+        assert staged(tmp_path) == [str(ino)]
+        # Written again before that sync: the new staging file must survive it.
+        await fs.data.open_for_write(ino, 200, truncate=False)
+        await fs.write(ino, 0, b"v2")
+        await trio.sleep(0.7)
+        assert staged(tmp_path) == [str(ino)]
+        assert fs.data.dirty_size(ino) == 200
+        assert await fs.read(ino) == b"v2" + b"v1" * 99
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+        assert staged(tmp_path) == []
+        assert fs.data.staging.used == 0
+    assert await fresh_read(index, store, tmp_path, ino) == b"v2" + b"v1" * 99
+
+
+async def test_missing_or_corrupt_segment_is_eio_never_wrong_bytes(index, store, tmp_path):
+    content = os.urandom(3 * SEG)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    first = index.extents(ino)[0].segment
+    scope = index.volume_id
+    lost = store.path_for(index.segment(first + 1), scope)
+    lost.unlink()
+    broken = store.path_for(index.segment(first + 2), scope)
+    raw = bytearray(broken.read_bytes())
+    raw[1000] ^= 0x20
+    broken.write_bytes(bytes(raw))
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=0) as fs:
+        assert await fs.read(ino, 0, SEG) == content[:SEG]
+        with pytest.raises(DataUnavailable) as info:
+            await fs.read(ino, SEG, 10)
+        assert (info.value.ino, info.value.segment) == (ino, first + 1)
+        with pytest.raises(DataUnavailable):
+            await fs.read(ino, 2 * SEG + 5, 10)
+        health = fs.data.health(ino)
+        assert f"segment {first + 1}" in health and f"segment {first + 2}" in health
+        # Writing to the file needs its whole content: that fails too, and stages nothing.
+        await fs.data.open_for_write(ino, len(content), truncate=False)
+        with pytest.raises(DataUnavailable):
+            await fs.data.write(ino, 0, b"x")
+        assert fs.data.dirty_size(ino) is None
+        assert staged(tmp_path, "cache2") == []
+        # O_TRUNC needs nothing from the old content.
+        await fs.data.open_for_write(ino, len(content), truncate=True)
+        fs.index.truncate(ino, 0)
+        await fs.write(ino, 0, b"new")
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+        assert fs.data.health(ino) == "ok"
+    assert await fresh_read(index, store, tmp_path, ino) == b"new"
+
+
+async def test_concurrent_reads_fetch_each_segment_once(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    content = os.urandom(4 * SEG)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=0) as fs:
+        results = {}
+
+        async def reader(i):
+            results[i] = await fs.read(ino, (i % 4) * SEG + 7, 100)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(reader, i)
+        for i, got in results.items():
+            offset = (i % 4) * SEG + 7
+            assert got == content[offset : offset + 100]
+        assert sorted(store.gets.values()) == [1, 1, 1, 1]
+
+
+async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    content = os.urandom(12 * SEG)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    first = index.extents(ino)[0].segment
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=4 * SEG) as fs:
+        assert await fs.read(ino, 0, 32 * 1024) == content[: 32 * 1024]
+        assert await fs.read(ino, 32 * 1024, 32 * 1024) == content[32 * 1024 : 64 * 1024]
+        await wait_until(lambda: first + 2 in fs.data.cache)
+        assert fs.data.reader._ra_bytes <= 4 * SEG
+        for pos in range(64 * 1024, len(content), 128 * 1024):
+            assert await fs.read(ino, pos, 128 * 1024) == content[pos : pos + 128 * 1024]
+        assert all(n == 1 for n in store.gets.values())  # prefetched, never fetched twice
+        assert fs.data.cache.size <= fs.data.cache.capacity
+
+
+async def test_segment_cache_is_bounded_in_bytes(index, store, tmp_path):
+    content = os.urandom(20 * SEG)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    async with mounted(index, store, tmp_path / "cache2", cache_bytes=5 * SEG, readahead_bytes=2 * SEG) as fs:
+        assert await fs.read(ino) == content
+        assert fs.data.cache.size <= 5 * SEG
+        first = index.extents(ino)[0].segment
+        assert first in fs.data.cache  # the first segment is kept apart from the stream
+
+
+async def test_end_to_end_on_inn(inn, index, keys, tmp_path):
+    config = ServerConfig(inn.host, inn.port)
+    verify = VerifyOptions(delay=0.01, tries=5, interval=0.05)
+    contents = {b"s%d" % i: os.urandom(300 + 50 * i) for i in range(8)}
+    contents[b"big"] = os.urandom(3 * SEG + 7)
+    async with NNTPClient(config, PoolOptions(max_connections=3), policies=scaled_policies(0.01)) as client:
+        store = NNTPSegmentStore(client, keys, "alt.binaries.test", pad=SEG, verify=verify)
+        async with mounted(index, store, tmp_path / "cache") as fs:
+            inos = {name: await fs.write_file(name, c) for name, c in contents.items()}
+            await fs.data.flush_all()
+            assert staged(tmp_path) == []
+        small_segments = set().union(*(segments_of(index, inos[b"s%d" % i]) for i in range(8)))
+        assert len(small_segments) == 1  # packed
+        for name, ino in inos.items():
+            assert await fresh_read(index, store, tmp_path, ino) == contents[name]

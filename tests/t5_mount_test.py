@@ -1,0 +1,239 @@
+"""Level 5: real mounts. The filesystem runs as a user would run it (`usenetfs mount` in a
+subprocess, daemonised), against a real INN; files go in with cp, rsync and editors, and
+come back after an unmount, a cache clear and a remount, so the bytes really come from
+the server. Crash tests kill the daemon with SIGKILL mid-upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+PASSPHRASE = "correct horse battery staple"
+
+
+class Mount:
+    """One volume in its own home, mounted and remounted through the real command line."""
+
+    def __init__(self, root: Path, server_url: str):
+        self.home = root / "home"
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir(parents=True)
+        self.passphrase_file = root / "passphrase"
+        self.passphrase_file.write_text(PASSPHRASE + "\n")
+        self.run("init", "vol", "--server", server_url, "--group", "alt.binaries.test",
+                 "--passphrase-file", str(self.passphrase_file), "--kdf-log-n", "10")
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**os.environ, "USENETFS_HOME": str(self.home)}
+        result = subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"usenetfs {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stderr}{self.log_tail()}")
+        return result
+
+    def mount(self) -> None:
+        self.run("mount", "vol", str(self.mountpoint), "--passphrase-file", str(self.passphrase_file))
+        assert os.path.ismount(self.mountpoint)
+
+    def umount(self, *extra: str) -> None:
+        self.run("umount", str(self.mountpoint), *extra, timeout=300)
+        assert not os.path.ismount(self.mountpoint)
+
+    def daemon_pid(self) -> int:
+        import json
+        info = json.loads((self.home / "data/volumes/vol/mount.json").read_text())
+        return info["pid"]
+
+    def staging_files(self) -> list[Path]:
+        staging = self.home / "data/volumes/vol/staging"
+        return [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
+
+    def log_tail(self) -> str:
+        log = self.home / "data/volumes/vol/mount.log"
+        return "\n--- mount.log ---\n" + "\n".join(log.read_text().splitlines()[-30:]) if log.exists() else ""
+
+    def cleanup(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+        pid_file = self.home / "data/volumes/vol/mount.json"
+        if pid_file.exists():
+            try:
+                os.kill(self.daemon_pid(), signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+
+
+@pytest.fixture
+def volume(make_inn, tmp_path):
+    server = make_inn()
+    mount = Mount(tmp_path, server.url)
+    mount.server = server
+    mount.mount()
+    yield mount
+    mount.cleanup()
+    fsck = mount.run("fsck", "vol", "--no-repair", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def tree_digest(root: Path) -> dict[str, tuple]:
+    """Everything cp -a / rsync -aHX should preserve, per relative path."""
+    out = {}
+    inodes: dict[int, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        st = path.lstat()
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir", oct(st.st_mode & 0o7777))
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            xattrs = {name: os.getxattr(path, name) for name in os.listxattr(path)}
+            first = inodes.setdefault(st.st_ino, rel) if st.st_nlink > 1 else None
+            out[rel] = ("file", digest, st.st_size, oct(st.st_mode & 0o7777), st.st_mtime_ns, xattrs, first)
+    return out
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub/deeper").mkdir(parents=True)
+    (root / "empty").write_bytes(b"")
+    (root / "small.txt").write_text("hello usenet\n")
+    for i in range(40):
+        (root / "sub" / f"note{i}.txt").write_text(f"small file {i}\n" * (i + 1))
+    (root / "sub/deeper/big.bin").write_bytes(os.urandom(3_000_000))
+    (root / "text.log").write_bytes(b"compressible line of text\n" * 80_000)
+    with open(root / "sparse.img", "wb") as f:
+        f.truncate(4_000_000)
+        f.seek(1_500_000)
+        f.write(b"middle")
+    os.symlink("small.txt", root / "link-to-small")
+    os.symlink("/nonexistent/target", root / "dangling")
+    os.link(root / "small.txt", root / "hardlink.txt")
+    os.setxattr(root / "small.txt", "user.comment", b"kept")
+    os.chmod(root / "sub/note1.txt", 0o600)
+
+
+def test_cp_and_rsync_round_trip_through_the_server(volume, tmp_path):
+    source = tmp_path / "source"
+    make_tree(source)
+    expected = tree_digest(source)
+    subprocess.run(["cp", "-a", str(source), str(volume.mountpoint / "cp")], check=True)
+    subprocess.run(["rsync", "-aHX", f"{source}/", str(volume.mountpoint / "rsync")], check=True)
+    assert tree_digest(volume.mountpoint / "cp") == expected
+    assert tree_digest(volume.mountpoint / "rsync") == expected
+
+    volume.umount()  # waits until every byte is posted and verified
+    assert volume.staging_files() == []
+    assert volume.server.article_count() > 0
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    assert tree_digest(volume.mountpoint / "cp") == expected
+    assert tree_digest(volume.mountpoint / "rsync") == expected
+    # A second rsync finds nothing to do (sizes and nanosecond mtimes survived).
+    again = subprocess.run(["rsync", "-aHXi", f"{source}/", str(volume.mountpoint / "rsync")],
+                           check=True, capture_output=True, text=True)
+    assert again.stdout.strip() == ""
+
+
+def test_editor_save_pattern_and_rename_over_open_file(volume):
+    target = volume.mountpoint / "doc.txt"
+    target.write_text("version 1\n")
+    reader = open(target)
+    tmp = volume.mountpoint / ".doc.txt.swp"
+    with open(tmp, "w") as f:
+        f.write("version 2\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, target)
+    assert reader.read() == "version 1\n"  # the open file keeps its old content
+    reader.close()
+    assert target.read_text() == "version 2\n"
+    assert not tmp.exists()
+
+
+def test_truncate_extend_append_and_unlink_while_open(volume):
+    path = volume.mountpoint / "grow.bin"
+    path.write_bytes(b"a" * 1000)
+    os.truncate(path, 10)
+    os.truncate(path, 5000)
+    data = path.read_bytes()
+    assert data == b"a" * 10 + b"\0" * 4990
+    with open(path, "ab") as f:
+        f.write(b"tail")
+    assert path.read_bytes().endswith(b"\0tail") and path.stat().st_size == 5004
+    assert path.stat().st_blocks > 0
+
+    victim = volume.mountpoint / "victim"
+    victim.write_bytes(b"still readable")
+    handle = open(victim, "rb")
+    victim.unlink()
+    assert not victim.exists()
+    assert handle.read() == b"still readable"
+    handle.close()
+
+
+def test_concurrent_writers(volume):
+    payloads = {f"writer{i}.bin": os.urandom(500_000 + i) for i in range(6)}
+
+    def write(name: str, data: bytes) -> None:
+        with open(volume.mountpoint / name, "wb") as f:
+            for start in range(0, len(data), 65536):
+                f.write(data[start:start + 65536])
+
+    threads = [threading.Thread(target=write, args=item) for item in payloads.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    volume.umount()
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    for name, data in payloads.items():
+        assert (volume.mountpoint / name).read_bytes() == data
+
+
+def test_kill_9_during_uploads_loses_nothing(volume):
+    files = {f"file{i}.bin": os.urandom(300_000 * (i + 1)) for i in range(5)}
+    for name, data in files.items():
+        path = volume.mountpoint / name
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    time.sleep(0.5)  # uploads are starting or in flight
+    os.kill(volume.daemon_pid(), signal.SIGKILL)
+    subprocess.run(["fusermount3", "-uz", str(volume.mountpoint)], capture_output=True)
+    time.sleep(0.2)
+    volume.mount()  # resumes the uploads
+    volume.umount()
+    assert volume.staging_files() == []
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    for name, data in files.items():
+        assert (volume.mountpoint / name).read_bytes() == data
+
+
+def test_server_down_while_writing(volume):
+    server = volume.server
+    server.stop()
+    data = os.urandom(2_000_000)
+    (volume.mountpoint / "offline.bin").write_bytes(data)  # succeeds locally
+    assert (volume.mountpoint / "offline.bin").read_bytes() == data
+    time.sleep(1.0)  # uploads try and fail meanwhile
+    server.start()
+    volume.umount()  # waits until the retried uploads land
+    assert volume.staging_files() == []
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    assert (volume.mountpoint / "offline.bin").read_bytes() == data

@@ -1,0 +1,237 @@
+"""`usenetfs init | mount | umount | cache clear | fsck`: a volume's life cycle.
+
+    usenetfs init [NAME] (--server URL... | --local) --group G [--connections N]
+                  [--passphrase-file F] [--password-file F] [--ca-file F]
+    usenetfs mount [VOLUME] MOUNTPOINT [-f] [-o OPTS] [--passphrase-file F]
+    usenetfs umount MOUNTPOINT [--no-wait]
+    usenetfs cache clear [VOLUME]
+    usenetfs fsck [VOLUME] [--no-repair]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import trio
+
+from ..errors import UserError
+from ..home import Home
+from ..volume import DEFAULT_NAME, LOCAL_SERVER, Volume, find_mounted, list_volumes, read_passphrase
+
+
+def register(commands) -> None:
+    init = commands.add_parser("init", help="create a volume")
+    init.add_argument("name", nargs="?", default=DEFAULT_NAME, help=f"volume name (default {DEFAULT_NAME!r})")
+    init.add_argument("--server", action="append", default=[], metavar="URL",
+                      help="nntp://[user@]host[:port] or nntps://...; repeatable")
+    init.add_argument("--local", action="store_true", help="use the local INN server (no account needed)")
+    init.add_argument("--group", required=True, metavar="G", help="newsgroup to post to")
+    init.add_argument("--connections", type=int, default=4, metavar="N", help="connection cap (default 4)")
+    init.add_argument("--passphrase-file", metavar="F", help="read the new passphrase from F")
+    init.add_argument("--password-file", metavar="F", help="read the server password from F")
+    init.add_argument("--ca-file", metavar="F", help="trust this CA or certificate file for TLS")
+    init.add_argument("--kdf-log-n", type=int, default=17, help=argparse_hidden())
+    init.set_defaults(handler=_init)
+
+    mount = commands.add_parser("mount", help="mount a volume (returns once the mount answers)")
+    mount.add_argument("args", nargs="+", metavar="[VOLUME] MOUNTPOINT")
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    mount.add_argument("-o", dest="options", default="", metavar="OPTS",
+                       help="comma-separated: ro, rw, allow_other, uid=N, gid=N, umask=NNN")
+    mount.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F")
+    mount.set_defaults(handler=_mount)
+
+    umount = commands.add_parser("umount", help="post everything, then unmount")
+    umount.add_argument("mountpoint")
+    umount.add_argument("--no-wait", action="store_true",
+                        help="unmount now; what is not posted yet is resumed at the next mount")
+    umount.set_defaults(handler=_umount)
+
+    cache = commands.add_parser("cache", help="manage the local segment cache")
+    cache_actions = cache.add_subparsers(dest="cache_command", metavar="ACTION")
+    cache_actions.required = True
+    clear = cache_actions.add_parser("clear", help="drop cached segment data (keeps the index)")
+    clear.add_argument("volume", nargs="?", default=DEFAULT_NAME)
+    clear.set_defaults(handler=_cache_clear)
+
+    fsck = commands.add_parser("fsck", help="check the index and repair what can be repaired")
+    fsck.add_argument("volume", nargs="?", default=DEFAULT_NAME)
+    fsck.add_argument("--no-repair", action="store_true", help="only report")
+    fsck.set_defaults(handler=_fsck)
+
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
+def _home(args) -> Home:
+    return Home.resolve(args.home)
+
+
+def _init(args) -> int:
+    from ..index import Index
+    servers = list(args.server) + ([LOCAL_SERVER] if args.local else [])
+    if args.connections < 1:
+        raise UserError("--connections must be at least 1")
+    passphrase = read_passphrase(args.passphrase_file, confirm=True)
+    volume = Volume.create(_home(args), args.name, servers=servers, group=args.group,
+                           passphrase=passphrase, connections=args.connections, ca_file=args.ca_file,
+                           log_n=args.kdf_log_n, password_file=args.password_file)
+    settings = volume.load()
+    Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
+                 uid=os.getuid(), gid=os.getgid()).close()
+    print(f"created volume {volume.name!r} (id {settings.volume_id}); mount it with "
+          f"'usenetfs mount {volume.name} MOUNTPOINT'")
+    return 0
+
+
+def parse_mount_options(text: str) -> dict:
+    """The -o options this milestone understands; an unknown one is an error."""
+    result: dict = {"read_only": False, "allow_other": False, "uid": None, "gid": None, "umask": None}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        if key in ("ro", "rw"):
+            result["read_only"] = key == "ro"
+        elif key == "allow_other":
+            result["allow_other"] = True
+        elif key in ("uid", "gid"):
+            if not value.isdigit():
+                raise UserError(f"invalid mount option {item!r}: {key} takes a number")
+            result[key] = int(value)
+        elif key == "umask":
+            try:
+                result["umask"] = int(value, 8)
+            except ValueError:
+                raise UserError(f"invalid mount option {item!r}: umask takes an octal number") from None
+        elif key in ("default_permissions", "defaults"):
+            pass
+        else:
+            raise UserError(f"unknown mount option {item!r}")
+    return result
+
+
+def _mount(args) -> int:
+    from ..mountd import MountRequest, mount
+    if len(args.args) > 2:
+        raise UserError("usage: usenetfs mount [VOLUME] MOUNTPOINT")
+    name, mountpoint = (args.args if len(args.args) == 2 else [DEFAULT_NAME, args.args[0]])
+    options = parse_mount_options(args.options)
+    volume = Volume(_home(args), name)
+    volume.load()  # a clear error for a volume that doesn't exist, before the passphrase
+    keys = volume.unlock(read_passphrase(args.passphrase_file))
+    request = MountRequest(volume=volume, keys=keys, mountpoint=mountpoint,
+                           foreground=args.foreground, **options)
+    return mount(request)
+
+
+def _umount(args) -> int:
+    from ..mountd import control_request
+    home = _home(args)
+    volume = find_mounted(home, args.mountpoint)
+    info = volume.mount_info()
+    tty = sys.stderr.isatty()
+
+    def progress(answer: dict) -> None:
+        if tty:
+            done, total = answer["done"], max(1, answer["total"])
+            print(f"\rposting: {done / 1e6:8.1f} of {total / 1e6:.1f} MB ({100 * done / total:3.0f}%)",
+                  end="", file=sys.stderr, flush=True)
+
+    if args.no_wait:
+        status = trio.run(control_request, volume, "status")
+        pending = status["pending"]
+        if pending.get("bytes") or pending.get("files"):
+            print(f"usenetfs: {pending.get('files', 0)} files ({pending.get('bytes', 0) / 1e6:.1f} MB) "
+                  "not posted yet; they will be posted at the next mount", file=sys.stderr)
+    else:
+        trio.run(control_request, volume, "flush", progress)
+        if tty:
+            print(file=sys.stderr)
+    _fusermount_unmount(info["mountpoint"])
+    _wait_for_exit(info.get("pid"), 60)
+    return 0
+
+
+def _fusermount_unmount(mountpoint: str) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"cannot unmount {mountpoint}: {reason[-1] if reason else 'unknown error'}")
+
+
+def _wait_for_exit(pid, seconds: float) -> None:
+    if not isinstance(pid, int):
+        return
+    from ..mountd import process_alive
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return
+        time.sleep(0.05)
+    raise UserError(f"the mount daemon (pid {pid}) is still running after {seconds:.0f} s")
+
+
+def _offline_volume(args, name: str) -> Volume:
+    volume = Volume(_home(args), name)
+    volume.load()
+    info = volume.mount_info()
+    if info:
+        from ..mountd import process_alive
+        if process_alive(info.get("pid")):
+            raise UserError(f"volume {name!r} is mounted at {info['mountpoint']}: unmount it first")
+    return volume
+
+
+def _cache_clear(args) -> int:
+    from ..index import Index
+    volume = _offline_volume(args, args.volume)
+    staging = volume.data_dir / "staging"
+    if staging.exists() and any(staging.iterdir()):
+        raise UserError("some files are not posted yet: mount the volume and let them upload first")
+    index = Index.open(volume.index_file)
+    try:
+        pending, posted = index.stats().segments[0], index.stats().segments[1]
+    finally:
+        index.close()
+    if pending or posted:
+        raise UserError(f"{pending + posted} segments are not verified yet: mount the volume and let "
+                        "them upload first")
+    freed = 0
+    if volume.cache_dir.exists():
+        for entry in volume.cache_dir.iterdir():
+            if entry.is_dir():
+                freed += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                shutil.rmtree(entry)
+            else:
+                freed += entry.stat().st_size
+                entry.unlink()
+    print(f"cache cleared ({freed / 1e6:.1f} MB freed)")
+    return 0
+
+
+def _fsck(args) -> int:
+    from ..index import Index
+    volume = _offline_volume(args, args.volume)
+    index = Index.open(volume.index_file)
+    try:
+        problems = index.fsck(repair=not args.no_repair)
+        remaining = index.fsck(repair=False) if problems and not args.no_repair else problems
+    finally:
+        index.close()
+    for problem in problems:
+        print(problem)
+    if remaining:
+        print(f"fsck: {len(remaining)} problems remain", file=sys.stderr)
+        return 1
+    print("fsck: clean" if not problems else f"fsck: repaired {len(problems)} problems")
+    return 0
+
+
+__all__ = ["register", "list_volumes"]

@@ -1,0 +1,332 @@
+"""`FileData`: the data of regular files, the one entry point the fs layer calls.
+
+Owns the public API of docs/filesystem-contracts.md and the glue between its parts:
+staging (staging.py), the read path (reader.py, segcache.py) and the uploader
+(uploader.py); and materialisation: the first write to a clean file whose data is remote
+copies its whole current content into a new staging file (fetching its segments) before
+that write is applied, so a dirty file's staging file always holds its whole content.
+See data/__init__.py for the concurrency rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from ..index import Index, NotFound
+from ..index.schema import VOLUME_SCOPE
+from ..store.base import SegmentStore
+from .reader import Reader
+from .segcache import SegmentCache
+from .staging import DirtyFile, Staging, fsync_paths
+from .uploader import Uploader
+
+log = logging.getLogger("usenetfs.data")
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class FileData:
+    def __init__(
+        self,
+        index: Index,
+        store: SegmentStore,
+        cache_dir: str | os.PathLike[str],
+        *,
+        segment_size: int = 716_800,
+        pack_threshold: int = 256 * KiB,
+        idle_seconds: float = 3.0,
+        staging_limit: int = 4 * GiB,
+        cache_bytes: int = 256 * MiB,
+        readahead_bytes: int = 8 * MiB,
+        # Tuning beyond the contract (defaults are what a mount wants):
+        release_delay: float | None = None,  # close -> upload; default min(1 s, idle_seconds)
+        upload_concurrency: int = 4,  # segment uploads in flight
+        retry_base: float = 5.0,  # first backoff after a failed upload (s), doubling ...
+        retry_max: float = 300.0,  # ... up to this
+        read_retries: int = 3,  # store.get attempts per segment before DataUnavailable
+        read_retry_delay: float = 0.5,
+        sync_delay: float = 1.0,  # commit -> index checkpoint -> staging unlink (s)
+        scope: int = VOLUME_SCOPE,  # scopes.id the segments are made under
+    ) -> None:
+        if pack_threshold > segment_size:
+            raise ValueError("pack_threshold must not exceed segment_size")
+        self.index = index
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.segment_size = segment_size
+        self.staging = Staging(self.cache_dir / "staging", staging_limit)
+        # First segments get an eighth of the cache (at least one segment, at most half).
+        first_bytes = min(max(cache_bytes // 8, segment_size), 32 * MiB, cache_bytes // 2)
+        self.cache = SegmentCache(cache_bytes, first_bytes)
+        self.reader = Reader(
+            index,
+            store,
+            self.cache,
+            readahead_bytes=readahead_bytes,
+            read_retries=read_retries,
+            retry_delay=read_retry_delay,
+        )
+        self.uploader = Uploader(
+            index,
+            store,
+            self.staging,
+            scope=scope,
+            segment_size=segment_size,
+            pack_threshold=pack_threshold,
+            idle_seconds=idle_seconds,
+            release_delay=min(1.0, idle_seconds) if release_delay is None else release_delay,
+            concurrency=upload_concurrency,
+            retry_base=retry_base,
+            retry_max=retry_max,
+            on_commit=self.reader.replaced,
+            sync_delay=sync_delay,
+        )
+        self._writers: set[int] = set()  # inodes a writer holds open (open_for_write .. release)
+        self._locks: dict[int, trio.Lock] = {}  # ino -> materialisation lock
+        self._tokens: dict[int, object] = {}  # ino -> token of the materialisation running
+        self._running = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The background uploader (and read-ahead tasks). Run it in the mount's nursery;
+        cancelling it abandons uploads in flight (their staging files stay: recover())."""
+        async with trio.open_nursery() as nursery:
+            self.reader.nursery = nursery
+            self._running = True
+            try:
+                task_status.started()
+                await self.uploader.run(nursery)
+            finally:
+                self._running = False
+                self.reader.nursery = None
+                nursery.cancel_scope.cancel()
+                try:
+                    # Purge what is clean, so the next mount does not upload it again.
+                    self.uploader.sync_retired()
+                except Exception:  # noqa: BLE001 - e.g. the index is already closed
+                    log.debug("final index sync skipped", exc_info=True)
+
+    async def recover(self) -> int:
+        """At mount, before serving: adopt the staging files a crash (or an umount that did
+        not flush) left, and discard segment rows a crash left half-uploaded. Returns the
+        number of dirty files adopted. (Safe to call later too: it leaves this instance's
+        own files, materialisations and uploads alone.)"""
+        adopted = 0
+        for ino in self.staging.scan(busy=self._tokens):
+            if ino in self.staging.files or ino in self.staging.retired:
+                continue  # ours already (recover called late): nothing to adopt
+            try:
+                inode = self.index.get_inode(ino)
+            except NotFound:
+                inode = None
+            if inode is None or not inode.is_reg:
+                log.info("staging file of inode %d has no regular file in the index: removed", ino)
+                self.staging.remove_file(ino)
+                continue
+            d = self.staging.adopt(ino)
+            # Group unknown (not persisted): uploaded on its own, never packed.
+            self.uploader.schedule(d, trio.current_time())
+            adopted += 1
+        discarded = self.uploader.discard_leftovers()
+        if adopted or discarded:
+            log.info("recovered %d dirty file(s); discarded %d unfinished segment(s)", adopted, discarded)
+        return adopted
+
+    def close(self) -> None:
+        """Close cached descriptors (after run() has ended)."""
+        self.staging.close()
+
+    # ------------------------------------------------------------------ queries
+
+    def dirty_size(self, ino: int) -> int | None:
+        d = self.staging.files.get(ino)
+        return None if d is None else d.size
+
+    def pending(self) -> dict:
+        stats = self.index.stats()
+        pending, posted, _, missing, _ = stats.segments
+        return {"files": len(self.staging.files), "bytes": self.staging.total_size, "segments": pending + posted + missing}
+
+    def health(self, ino: int) -> str:
+        problems = []
+        d = self.staging.files.get(ino)
+        if d is not None and d.failures:
+            problems.append(f"upload failing ({d.failures} attempt(s)): {d.last_error}")
+        problems.extend(self.reader.health(ino))
+        return "ok" if not problems else "; ".join(problems)
+
+    # ------------------------------------------------------------------ reads
+
+    async def read(self, ino: int, offset: int, length: int, size: int) -> bytes:
+        d = self.staging.files.get(ino)
+        if d is not None:
+            return self.staging.pread(d, offset, length)
+        return await self.reader.read(ino, offset, length, size)
+
+    # ------------------------------------------------------------------ writes
+
+    async def open_for_write(self, ino: int, size: int, *, truncate: bool) -> None:
+        """A writer opened `ino`. Nothing is fetched here: a clean file is materialised by
+        its first write (an O_RDWR open that never writes costs nothing). With `truncate`
+        (O_TRUNC) the content is gone anyway: an empty staging file, no download.
+        `size` is the fs's view, informational: materialisation reads the index."""
+        self._writers.add(ino)
+        d = self.staging.files.get(ino)
+        if d is not None:
+            self.staging.set_open(d, True)
+        if truncate:
+            d = await self._dirty(ino, empty=True)
+            if d.size:
+                self.staging.truncate(d, 0)
+                self.uploader.written(d)
+            self.reader.invalidate(ino)
+
+    async def write(self, ino: int, offset: int, data: bytes) -> int:
+        """pwrite into the staging file. Waits (never fails) while staging is full and
+        uploads can drain it. Returns len(data). Nothing awaits after the pwrite, so the
+        caller's size update that follows is atomic with it."""
+        if not data:
+            return 0
+        await self.staging.wait_for_space(len(data), self.uploader.pressure)
+        d = await self._dirty(ino)
+        n = self.staging.pwrite(d, data, offset)
+        self.uploader.written(d)
+        return n
+
+    async def truncate(self, ino: int, size: int) -> None:
+        """Set a dirty file's staging length to `size`. A clean file needs nothing: its
+        index size (set by the fs) cuts or extends it, bytes past the old end read as a
+        hole. Call it right after `Index.truncate`, with no await in between."""
+        while True:
+            d = self.staging.files.get(ino)
+            if d is not None:
+                if d.size != size:
+                    self.staging.truncate(d, size)
+                    self.uploader.written(d)
+                self.reader.invalidate(ino)
+                return
+            lock = self._locks.get(ino)
+            if lock is None or not lock.locked():
+                self.reader.invalidate(ino)
+                return
+            async with lock:  # a materialisation is running: truncate its result
+                pass
+
+    async def fsync(self, ino: int) -> None:
+        """Durable on local disk: the staging file and the directory naming it. A clean
+        file's data is already verified on the server."""
+        if ino in self.staging.files:
+            await trio.to_thread.run_sync(fsync_paths, [self.staging.path(ino)], self.staging.directory)
+
+    def release(self, ino: int, group: int) -> None:
+        self._writers.discard(ino)
+        d = self.staging.files.get(ino)
+        if d is not None:
+            self.staging.set_open(d, False)
+            self.uploader.released(d, group)
+
+    def forget(self, ino: int) -> None:
+        self._writers.discard(ino)
+        self._tokens.pop(ino, None)  # a materialisation in flight notices and gives up
+        d = self.staging.drop(ino)
+        self.uploader.forget(d, ino)
+        self.reader.forget(ino)
+
+    async def flush_all(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Return once nothing is dirty. `progress(done_bytes, total_bytes)` is called as
+        files get uploaded. Needs run() to be running (it does the uploading)."""
+        if not self._running:
+            raise RuntimeError("FileData.flush_all needs FileData.run() running")
+        uploader = self.uploader
+        staging = self.staging
+        uploader.flushing += 1
+        try:
+            uploader.flush_now()
+            total = staging.total_size
+            last = None
+            while staging.files:
+                remaining = staging.total_size
+                total = max(total, remaining)
+                if progress is not None and (total - remaining, total) != last:
+                    last = (total - remaining, total)
+                    progress(*last)
+                await staging.changed()
+            uploader.sync_retired()  # durable: the index commit, then the unlinks
+            if progress is not None:
+                progress(total, total)
+        finally:
+            uploader.flushing -= 1
+
+    # ------------------------------------------------------------------ materialisation
+
+    async def _dirty(self, ino: int, *, empty: bool = False) -> DirtyFile:
+        """The dirty record of `ino`, materialising it first if it is clean. On return
+        the record is current (no await between the check and the return)."""
+        while True:
+            d = self.staging.files.get(ino)
+            if d is not None:
+                return d
+            lock = self._locks.get(ino)
+            if lock is None:
+                lock = self._locks[ino] = trio.Lock()
+            try:
+                async with lock:
+                    if ino not in self.staging.files:
+                        await self._materialise(ino, empty)
+            finally:
+                if self._locks.get(ino) is lock and not lock.locked() and not lock.statistics().tasks_waiting:
+                    del self._locks[ino]
+
+    async def _materialise(self, ino: int, empty: bool) -> None:
+        inode = self.index.get_inode(ino)  # NotFound: the fs answers ENOENT
+        if not inode.is_reg:
+            raise ValueError(f"inode {ino} is not a regular file")
+        size = inode.size
+        rows = [] if empty else self.reader.extents(ino)
+        if not rows:
+            # Nothing remote to copy (new, emptied, or all-hole file): no download.
+            d = self.staging.create(ino, 0 if empty else size)
+            self._adopted(d)
+            return
+        token = self._tokens[ino] = object()
+        stored = sum(min(r.end, size) - r.offset for r in rows if r.offset < size)
+        await self.staging.wait_for_space(stored, self.uploader.pressure)
+        tmp = self.staging.tmp_path(ino)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            await self.reader.copy_to(ino, fd, size)
+            # Durable before it is named: a crash must never leave a staging file that
+            # looks dirty but lost part of content that was safe on the server.
+            await trio.to_thread.run_sync(os.fsync, fd)
+            if self._tokens.get(ino) is not token:
+                raise NotFound(f"inode {ino} was deleted while its data was being fetched")
+            os.rename(tmp, self.staging.path(ino))
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            if self._tokens.get(ino) is token:
+                del self._tokens[ino]
+        log.debug("inode %d: materialised %d bytes for writing", ino, size)
+        self._adopted(self.staging.adopt(ino, fd=fd))
+
+    def _adopted(self, d: DirtyFile) -> None:
+        if d.ino in self._writers:
+            self.staging.set_open(d, True)
+        self.uploader.written(d)
+
+
+__all__ = ["FileData"]

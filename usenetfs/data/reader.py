@@ -1,0 +1,272 @@
+"""Reading clean files from their segments: extent maps, fetch with retries, read-ahead.
+
+Owns
+- the per-inode cache of extent maps (`Index.extents`, one query per file until its
+  extents change: the uploader's commit and truncate invalidate it);
+- `load`: one segment from the store, retried a few times with backoff (a fresh article
+  may answer 430 for a moment; a connection may die), then `DataUnavailable`;
+- `read`: locate the pieces of [offset, offset + length) (layout.locate), fetch the needed
+  segments in parallel through the SegmentCache (single flight), slice, zero-fill holes;
+- `copy_to`: the whole file into a descriptor (materialisation before the first write);
+- read-ahead for sequential readers: a per-inode window that doubles on every sequential
+  read up to `readahead_bytes`, with all prefetches together bounded by that many bytes;
+- the health record: segments that failed for an inode (cleared when one reads again),
+  logged once per (inode, segment).
+
+Never wrong bytes: the codec authenticates every payload; a piece that does not fit
+inside its segment's payload (an index that disagrees with the article) is an error too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+from cachetools import LRUCache
+
+from ..index import Index, NotFound
+from ..index.layout import ExtentRow, Piece, locate
+from ..index.schema import DEAD, MISSING
+from ..nntp.errors import NNTPError
+from ..store.base import SegmentStore, SegmentUnavailable
+from .errors import DataUnavailable
+from .segcache import SegmentCache
+
+log = logging.getLogger("usenetfs.data")
+
+_MIN_WINDOW = 256 * 1024
+
+
+class Reader:
+    def __init__(
+        self,
+        index: Index,
+        store: SegmentStore,
+        cache: SegmentCache,
+        *,
+        readahead_bytes: int,
+        read_retries: int = 3,
+        retry_delay: float = 0.5,
+        fetch_concurrency: int = 4,
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.cache = cache
+        self.readahead_bytes = readahead_bytes
+        self.read_retries = max(1, read_retries)
+        self.retry_delay = retry_delay
+        self.fetch_concurrency = fetch_concurrency
+        self.nursery: trio.Nursery | None = None  # FileData.run() sets it: read-ahead needs it
+        self._extents: LRUCache = LRUCache(maxsize=4096)  # ino -> list[ExtentRow]
+        self._seq: LRUCache = LRUCache(maxsize=4096)  # ino -> (expected next offset, window)
+        self._ra_bytes = 0  # payload bytes of prefetches in flight
+        self.bad: dict[int, dict[int, str]] = {}  # ino -> {segment: reason}
+
+    # ------------------------------------------------------------------ extent maps
+
+    def extents(self, ino: int) -> list[ExtentRow]:
+        rows = self._extents.get(ino)
+        if rows is None:
+            rows = self._extents[ino] = self.index.extents(ino)
+        return rows
+
+    def invalidate(self, ino: int) -> None:
+        self._extents.pop(ino, None)
+
+    def replaced(self, ino: int) -> None:
+        """An upload gave `ino` a new extent map (fresh, verified segments)."""
+        self._extents.pop(ino, None)
+        self.bad.pop(ino, None)
+
+    def forget(self, ino: int) -> None:
+        self._extents.pop(ino, None)
+        self._seq.pop(ino, None)
+        self.bad.pop(ino, None)
+
+    # ------------------------------------------------------------------ segments
+
+    async def load(self, seg: int) -> bytes:
+        """Segment `seg` from the store, with retries; DataUnavailable (no inode) if not."""
+        try:
+            row = self.index.segment(seg)
+            scope = self.index.scope_bytes(row.scope)
+        except NotFound as e:
+            raise DataUnavailable(None, seg, f"not in the index ({e})") from None
+        delay = self.retry_delay
+        reason = "no attempt"
+        for attempt in range(1, self.read_retries + 1):
+            try:
+                return await self.store.get(row, scope)
+            except SegmentUnavailable as e:
+                reason = e.reason
+            except (NNTPError, OSError) as e:
+                reason = f"{type(e).__name__}: {e}"
+            if attempt < self.read_retries:
+                log.debug("segment %d: %s; retry %d in %.1f s", seg, reason, attempt, delay)
+                await trio.sleep(delay)
+                delay *= 2
+        raise DataUnavailable(None, seg, reason)
+
+    async def segment(self, seg: int, *, ino: int | None, first: bool = False, keep: bool = True) -> bytes:
+        try:
+            data = await self.cache.fetch(seg, self.load, first=first, keep=keep)
+        except DataUnavailable as e:
+            if ino is None:
+                raise
+            record = self.bad.setdefault(ino, {})
+            if seg not in record:
+                log.error("inode %d: segment %d unavailable: %s", ino, seg, e.reason)
+            record[seg] = e.reason
+            raise e.for_inode(ino) from None
+        if ino is not None and ino in self.bad:
+            record = self.bad[ino]
+            record.pop(seg, None)
+            if not record:
+                del self.bad[ino]
+        return data
+
+    def _slice(self, ino: int, piece: Piece, data: bytes) -> bytes:
+        end = piece.segment_offset + piece.length
+        if end > len(data):
+            reason = f"holds {len(data)} bytes, the index expects at least {end}"
+            record = self.bad.setdefault(ino, {})
+            if piece.segment not in record:
+                log.error("inode %d: segment %d %s", ino, piece.segment, reason)
+            record[piece.segment] = reason
+            raise DataUnavailable(ino, piece.segment, reason)
+        return data[piece.segment_offset : end]
+
+    async def _fetch_all(self, ino: int, segs: list[int], first: int | None, keep: bool = True) -> dict[int, bytes]:
+        """Payloads of `segs`, fetched in parallel (bounded); the first failure is raised
+        once every fetch has finished (no half-cancelled single flights)."""
+        out: dict[int, bytes] = {}
+        if len(segs) == 1:
+            seg = segs[0]
+            out[seg] = await self.segment(seg, ino=ino, first=seg == first, keep=keep)
+            return out
+        errors: list[DataUnavailable] = []
+        limit = trio.Semaphore(self.fetch_concurrency)
+
+        async def one(seg: int) -> None:
+            async with limit:
+                try:
+                    out[seg] = await self.segment(seg, ino=ino, first=seg == first, keep=keep)
+                except DataUnavailable as e:
+                    errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for seg in segs:
+                nursery.start_soon(one, seg)
+        if errors:
+            raise errors[0]
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    async def read(self, ino: int, offset: int, length: int, size: int) -> bytes:
+        end = min(offset + length, size)
+        if offset >= end:
+            return b""
+        rows = self.extents(ino)
+        pieces = locate(rows, offset, end)
+        segs = list(dict.fromkeys(p.segment for p in pieces if p.segment is not None))
+        first = pieces[0].segment if offset == 0 else None
+        data = await self._fetch_all(ino, segs, first) if segs else {}
+        parts = [bytes(p.length) if p.segment is None else self._slice(ino, p, data[p.segment]) for p in pieces]
+        self._read_ahead(ino, rows, offset, end, size)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def copy_to(self, ino: int, fd: int, size: int) -> None:
+        """Write the file's bytes [0, size) that live in segments into `fd` (holes are
+        left alone: the caller made `fd` a sparse file of that size). One segment at a
+        time per worker, a few in parallel; payloads do not churn the LRU."""
+        rows = self.extents(ino)
+        by_seg: dict[int, list[Piece]] = {}
+        for p in locate(rows, 0, size):
+            if p.segment is not None:
+                by_seg.setdefault(p.segment, []).append(p)
+        if not by_seg:
+            return
+        errors: list[DataUnavailable] = []
+        limit = trio.Semaphore(self.fetch_concurrency)
+
+        async def one(seg: int, pieces: list[Piece]) -> None:
+            async with limit:
+                try:
+                    data = await self.segment(seg, ino=ino, keep=False)
+                    for p in pieces:
+                        os.pwrite(fd, self._slice(ino, p, data), p.file_offset)
+                except DataUnavailable as e:
+                    errors.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for seg, pieces in by_seg.items():
+                nursery.start_soon(one, seg, pieces)
+        if errors:
+            raise errors[0]
+
+    # ------------------------------------------------------------------ read-ahead
+
+    def _read_ahead(self, ino: int, rows: list[ExtentRow], offset: int, end: int, size: int) -> None:
+        if self.readahead_bytes <= 0 or self.nursery is None:
+            return
+        expected, window = self._seq.get(ino, (0, 0))
+        if offset != expected:
+            self._seq[ino] = (end, 0)  # random access: no read-ahead, start over
+            return
+        window = min(self.readahead_bytes, max(window * 2, 2 * (end - offset), _MIN_WINDOW))
+        self._seq[ino] = (end, window)
+        ra_end = min(end + window, size)
+        if ra_end <= end:
+            return
+        for seg in dict.fromkeys(p.segment for p in locate(rows, end, ra_end) if p.segment is not None):
+            if seg in self.cache or self.cache.in_flight(seg):
+                continue
+            try:
+                nbytes = self.index.segment(seg).payload_size
+            except NotFound:
+                return
+            if self._ra_bytes + nbytes > self.readahead_bytes:
+                return  # the budget is spent: later reads will prefetch further
+            self._ra_bytes += nbytes
+            self.nursery.start_soon(self._prefetch, seg, nbytes)
+
+    async def _prefetch(self, seg: int, nbytes: int) -> None:
+        try:
+            await self.segment(seg, ino=None)
+        except DataUnavailable:
+            pass  # the read that needs it will fail (and report) on its own
+        finally:
+            self._ra_bytes -= nbytes
+
+    # ------------------------------------------------------------------ health
+
+    def health(self, ino: int) -> list[str]:
+        """What is known to be wrong with the segments of `ino`: failed reads, and
+        segments the index marks missing or dead. Queries every segment of the file
+        (~6 µs each): for the control command, not for a hot path."""
+        referenced: dict[int, None] = {}
+        for row in self.index.extents(ino):
+            referenced.update(dict.fromkeys(range(row.segment, row.last_segment + 1)))
+        bad = self.bad.get(ino, {})
+        for seg in [s for s in bad if s not in referenced]:
+            del bad[seg]  # no longer part of the file (truncated, rewritten)
+        if not bad:
+            self.bad.pop(ino, None)
+        problems = [f"segment {seg}: {reason}" for seg, reason in sorted(bad.items())]
+        for seg in referenced:
+            if seg not in bad:
+                try:
+                    state = self.index.segment(seg).state
+                except NotFound:
+                    problems.append(f"segment {seg}: not in the index")
+                    continue
+                if state == MISSING:
+                    problems.append(f"segment {seg}: missing (to be re-posted)")
+                elif state == DEAD:
+                    problems.append(f"segment {seg}: dead but referenced (run fsck)")
+        return problems
+
+
+__all__ = ["Reader"]

@@ -1,0 +1,388 @@
+"""Staging files: the local, durable copy of every dirty file, and the space they take.
+
+Owns
+- `DirtyFile`: the in-memory record of one dirty inode (its staging file's length, the
+  bytes it occupies on disk, a write counter, and the uploader's scheduling fields);
+- `Staging`: the directory `cache_dir/staging/` with one file per dirty inode, named by
+  the inode number (its existence means "dirty"; `<ino>.tmp` is a materialisation in
+  progress and means nothing), a small LRU of open descriptors, and the space accounting
+  with backpressure (`wait_for_space`);
+- pure helpers the worker threads run: `fsync_paths`, `data_regions` (SEEK_DATA/SEEK_HOLE),
+  `read_virtual` (a byte range of several files' data regions laid end to end).
+
+Rules. Only the trio thread uses the cached descriptors (pread/pwrite/ftruncate are
+local-disk calls, fast enough to make inline). Worker threads open their own descriptor
+by path and tolerate the file vanishing (a forgotten inode): the cached descriptor may be
+closed by LRU eviction at any await, which would make a thread's use of it a use of
+whatever file later got that number.
+
+Space is counted as allocated blocks (st_blocks), not lengths, so a sparse file
+truncated to 1 TB costs what it stores.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import trio
+from cachetools import LRUCache
+
+# Holes shorter than this are stored as the zeros they are: a data region per 4 KiB block
+# of a fragmented sparse file would cost an extent row each for nothing.
+MIN_HOLE = 64 * 1024
+
+
+class DirtyFile:
+    """One dirty inode. Fields change only on the trio thread."""
+
+    __slots__ = (
+        "ino",
+        "size",
+        "alloc",
+        "writes",
+        "open_for_write",
+        "group",
+        "due",
+        "heap_due",
+        "not_before",
+        "failures",
+        "last_error",
+        "job",
+    )
+
+    def __init__(self, ino: int, size: int, alloc: int) -> None:
+        self.ino = ino
+        self.size = size  # the staging file's length == the file's size while dirty
+        self.alloc = alloc  # bytes it occupies on disk (st_blocks * 512)
+        self.writes = 0  # bumped by every write/truncate: "was it written meanwhile?"
+        self.open_for_write = False  # a writer holds it open (set by open_for_write, cleared by release)
+        self.group: int | None = None  # packing key (the parent directory), known after release
+        # Uploader scheduling (uploader.py owns these):
+        self.due = 0.0  # trio time at which it should be uploaded
+        self.heap_due: float | None = None  # due time of its live entry in the uploader's heap
+        self.not_before = 0.0  # retry backoff: no upload attempt before this
+        self.failures = 0  # consecutive failed uploads
+        self.last_error: str | None = None
+        self.job = None  # the upload job working on it, if any
+
+    def __repr__(self) -> str:
+        return f"<DirtyFile {self.ino} size={self.size} writes={self.writes}>"
+
+
+class _FdCache(LRUCache):
+    """ino -> open descriptor; evicted descriptors are closed."""
+
+    def popitem(self):
+        key, fd = super().popitem()
+        os.close(fd)
+        return key, fd
+
+
+class Staging:
+    def __init__(self, directory: Path, limit: int, *, max_fds: int = 128) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.limit = limit
+        self.files: dict[int, DirtyFile] = {}
+        self.used = 0  # bytes allocated by staging files (and reserved for materialisations)
+        self.total_size = 0  # sum of dirty files' lengths (what flush_all reports)
+        self.released = 0  # dirty files no writer holds open: what uploads can drain
+        # Staging files of files that became clean, kept until the index commit that made
+        # them clean is durable (see `retire`): ino -> bytes they still occupy.
+        self.retired: dict[int, int] = {}
+        self.waiting = 0  # writers waiting for space right now
+        self._fds = _FdCache(maxsize=max_fds)
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ paths, descriptors
+
+    def path(self, ino: int) -> Path:
+        return self.directory / str(ino)
+
+    def tmp_path(self, ino: int) -> Path:
+        return self.directory / f"{ino}.tmp"
+
+    def fd(self, ino: int) -> int:
+        fd = self._fds.get(ino)
+        if fd is None:
+            fd = os.open(self.path(ino), os.O_RDWR)
+            self._fds[ino] = fd
+        return fd
+
+    def _close(self, ino: int) -> None:
+        fd = self._fds.pop(ino, None)  # pop() does not go through popitem(): close here
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for ino in list(self._fds):
+            self._close(ino)
+
+    # ------------------------------------------------------------------ dirty set
+
+    def create(self, ino: int, size: int = 0) -> DirtyFile:
+        """A new, empty (or all-hole, `size`) staging file for `ino`."""
+        self._close(ino)
+        fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        if size:
+            os.ftruncate(fd, size)
+        self._fds[ino] = fd
+        return self._add(ino, size, 0)
+
+    def adopt(self, ino: int, *, fd: int | None = None) -> DirtyFile:
+        """Take the existing staging file of `ino` into the dirty set (recover,
+        materialise: the file is already in place, `fd` open on it if given)."""
+        self._close(ino)
+        if fd is None:
+            fd = os.open(self.path(ino), os.O_RDWR)
+        self._fds[ino] = fd
+        st = os.fstat(fd)
+        return self._add(ino, st.st_size, st.st_blocks * 512)
+
+    def _add(self, ino: int, size: int, alloc: int) -> DirtyFile:
+        if ino in self.files:
+            raise RuntimeError(f"inode {ino} is already dirty")
+        # A retired staging file at this path was just replaced (create truncated it,
+        # materialise renamed over it): it must not be unlinked later.
+        self.used -= self.retired.pop(ino, 0)
+        d = DirtyFile(ino, size, alloc)
+        self.files[ino] = d
+        self.used += alloc
+        self.total_size += size
+        self.released += 1
+        self.notify()
+        return d
+
+    def set_open(self, d: DirtyFile, is_open: bool) -> None:
+        if d.open_for_write != is_open:
+            d.open_for_write = is_open
+            self.released += -1 if is_open else 1
+            self.notify()
+
+    def _remove(self, ino: int) -> DirtyFile | None:
+        d = self.files.pop(ino, None)
+        self._close(ino)
+        if d is not None:
+            self.total_size -= d.size
+            if not d.open_for_write:
+                self.released -= 1
+        return d
+
+    def drop(self, ino: int) -> DirtyFile | None:
+        """The inode is gone (forgotten): unlink its staging file now."""
+        d = self._remove(ino)
+        freed = self.retired.pop(ino, 0) + (d.alloc if d is not None else 0)
+        try:
+            os.unlink(self.path(ino))
+        except FileNotFoundError:
+            pass
+        self.used -= freed
+        self.notify()
+        return d
+
+    def retire(self, ino: int) -> DirtyFile | None:
+        """The file is clean (its upload committed): out of the dirty set at once, but
+        its staging file stays on disk until `purge_retired`, i.e. until that commit is
+        durable. (The index runs synchronous=NORMAL: a power cut can lose the last
+        commits, while the file system may already have made an unlink durable. Losing
+        both would lose the data.) A crash before the purge makes it dirty again at
+        recover(): uploaded once more, which is redundant but never wrong."""
+        d = self._remove(ino)
+        if d is not None:
+            self.retired[ino] = d.alloc
+            self.notify()
+        return d
+
+    def purge_retired(self) -> int:
+        """Unlink every retired staging file (their commits are durable now)."""
+        freed = 0
+        for ino, alloc in self.retired.items():
+            try:
+                os.unlink(self.path(ino))
+            except FileNotFoundError:
+                pass
+            freed += alloc
+        n = len(self.retired)
+        self.retired.clear()
+        if n:
+            self.used -= freed
+            self.notify()
+        return n
+
+    def scan(self, busy: Iterable[int] = ()) -> list[int]:
+        """Inodes with a staging file on disk (at mount); leftover `.tmp` files (an
+        interrupted materialisation: the data is still remote) are removed, except
+        those of the inodes in `busy` (materialisations running now)."""
+        found = []
+        busy_names = {f"{ino}.tmp" for ino in busy}
+        for entry in os.scandir(self.directory):
+            name = entry.name
+            if name.isdigit():
+                found.append(int(name))
+            elif name.endswith(".tmp") and name not in busy_names:
+                os.unlink(entry.path)
+        return sorted(found)
+
+    def remove_file(self, ino: int) -> None:
+        """Unlink a staging file that is not in the dirty set (recover: its inode is gone)."""
+        self._close(ino)
+        self.used -= self.retired.pop(ino, 0)
+        try:
+            os.unlink(self.path(ino))
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------------ I/O on the trio thread
+
+    def pread(self, d: DirtyFile, offset: int, length: int) -> bytes:
+        return os.pread(self.fd(d.ino), length, offset)
+
+    def pwrite(self, d: DirtyFile, data: bytes, offset: int) -> int:
+        fd = self.fd(d.ino)
+        view = memoryview(data)
+        pos = offset
+        while view:  # a regular file writes everything or raises (ENOSPC): loop anyway
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
+        d.writes += 1
+        if pos > d.size:
+            self.total_size += pos - d.size
+            d.size = pos
+        self._account(d, fd)
+        return len(data)
+
+    def truncate(self, d: DirtyFile, size: int) -> None:
+        fd = self.fd(d.ino)
+        os.ftruncate(fd, size)
+        d.writes += 1
+        self.total_size += size - d.size
+        d.size = size
+        self._account(d, fd)
+
+    def _account(self, d: DirtyFile, fd: int) -> None:
+        alloc = os.fstat(fd).st_blocks * 512
+        if alloc != d.alloc:
+            shrunk = alloc < d.alloc
+            self.used += alloc - d.alloc
+            d.alloc = alloc
+            if shrunk:
+                self.notify()
+
+    # ------------------------------------------------------------------ space, backpressure
+
+    def notify(self) -> None:
+        """Something changed (space freed, a file released or dropped): wake the waiters."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    @property
+    def under_pressure(self) -> bool:
+        return self.waiting > 0 or self.used > self.limit
+
+    async def wait_for_space(self, nbytes: int, on_pressure: Callable[[], None]) -> None:
+        """Wait while `nbytes` more would exceed the limit AND uploads can drain
+        something (a dirty file no writer holds open, or retired files awaiting the
+        index sync). If only files being written fill
+        the staging area, waiting would wait for ourselves: go over the limit instead."""
+        while self.used + nbytes > self.limit and (self.released > 0 or self.retired):
+            event = self._changed
+            self.waiting += 1
+            try:
+                on_pressure()
+                await event.wait()
+            finally:
+                self.waiting -= 1
+
+
+# ---------------------------------------------------------------------- worker-thread helpers
+
+
+def fsync_paths(paths: Iterable[Path], directory: Path) -> None:
+    """fsync each file (if it still exists), then the directory holding their names."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def data_regions(path: Path, size: int, min_hole: int = MIN_HOLE) -> list[tuple[int, int]]:
+    """[start, end) ranges of `path` within [0, size) that hold data (holes between them
+    shorter than `min_hole` are folded in). A vanished file has none."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    regions: list[tuple[int, int]] = []
+    try:
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if regions and start - regions[-1][1] < min_hole:
+                regions[-1] = (regions[-1][0], end)
+            else:
+                regions.append((start, end))
+            pos = end
+    finally:
+        os.close(fd)
+    return regions
+
+
+def read_virtual(sources: list[tuple[Path, list[tuple[int, int]]]], start: int, end: int) -> bytes:
+    """Bytes [start, end) of the virtual string made of every source's data regions laid
+    end to end, in order. Short or vanished files read as zeros: the length is always
+    end - start (the segment row was allocated with that size; a file that changed
+    meanwhile stays dirty and is uploaded again)."""
+    out = bytearray(end - start)
+    vpos = 0
+    for path, regions in sources:
+        fd = None
+        missing = False
+        try:
+            for rstart, rend in regions:
+                rlen = rend - rstart
+                lo, hi = max(start, vpos), min(end, vpos + rlen)
+                if lo < hi and not missing:
+                    if fd is None:
+                        try:
+                            fd = os.open(path, os.O_RDONLY)
+                        except FileNotFoundError:
+                            missing = True
+                            vpos += rlen
+                            continue
+                    chunk = os.pread(fd, hi - lo, rstart + (lo - vpos))
+                    out[lo - start : lo - start + len(chunk)] = chunk
+                vpos += rlen
+                if vpos >= end:
+                    return bytes(out)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return bytes(out)
+
+
+__all__ = ["DirtyFile", "MIN_HOLE", "Staging", "data_regions", "fsync_paths", "read_virtual"]

@@ -1,0 +1,397 @@
+"""The mount daemon: from an unlocked volume to a running filesystem, and back.
+
+Sequence (protocol.md §4.3): the caller unlocks the keys (the passphrase prompt needs the
+terminal), then, unless in the foreground, forks. The child does all the work inside one
+`trio.run`: starts the local INN server if the volume uses it, checks that the server
+answers and accepts our login, opens the index, adopts staging files left by a crash,
+calls `pyfuse3.init`, and only once all of that worked writes "ok" to a pipe. The parent
+waits for that line and exits 0, or prints the child's one-line error and exits 32, as
+mount(8) expects — so `usenetfs mount` returns once the mount answers, and a failed
+mount never leaves a stale mountpoint.
+
+While mounted, a Unix socket (volume.control_socket) answers `status` and `flush`
+requests (one JSON object per line) for `usenetfs umount`, `status` and `flush`.
+On unmount (by fusermount3 -u, umount(8) or SIGTERM) uploads in flight are abandoned:
+their staging files stay and the next mount resumes them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from .codec.segment import tune_malloc
+from .errors import UserError
+from .keys import VolumeKeys
+from .nntp import errors as E
+from .nntp.client import NNTPClient, PoolOptions
+from .nntp.connection import NNTPConnection
+from .volume import Volume, _write_json
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120.0  # seconds the parent waits for the child's verdict
+EXIT_MOUNT_FAILED = 32  # mount(8)'s "mount failure"
+
+
+@dataclass
+class MountRequest:
+    volume: Volume
+    keys: VolumeKeys
+    mountpoint: str
+    foreground: bool = False
+    read_only: bool = False
+    allow_other: bool = False
+    fuse_extra: list[str] = field(default_factory=list)  # passed through to libfuse
+    uid: int | None = None  # ownership and mode overrides applied by usenetfs itself
+    gid: int | None = None
+    umask: int | None = None
+    notify_systemd: bool = False
+
+
+def mount(request: MountRequest) -> int:
+    """Mount; return the process exit code (0, or 32 after printing one line)."""
+    mountpoint = os.path.realpath(request.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise UserError(f"mountpoint {request.mountpoint} is not a directory", EXIT_MOUNT_FAILED)
+    if os.path.ismount(mountpoint):
+        raise UserError(f"{request.mountpoint} is already a mountpoint", EXIT_MOUNT_FAILED)
+    info = request.volume.mount_info()
+    if info and process_alive(info.get("pid")):
+        raise UserError(f"volume {request.volume.name!r} is already mounted at {info['mountpoint']}",
+                        EXIT_MOUNT_FAILED)
+    request.mountpoint = mountpoint
+    if request.foreground:
+        return trio.run(_serve, request, None)
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        code = 1
+        try:
+            os.setsid()
+            os.chdir("/")
+            _redirect_stdio(request.volume.log_file)
+            code = trio.run(_serve, request, write_end)
+        except BaseException:  # noqa: BLE001 - the child must never return into the CLI
+            log.exception("the mount daemon failed")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    verdict = _read_verdict(read_end, READY_TIMEOUT)
+    os.close(read_end)
+    if verdict == "ok":
+        return 0
+    if not verdict:
+        _kill_quietly(pid)
+        verdict = f"the mount daemon did not answer within {READY_TIMEOUT:.0f} s (see {request.volume.log_file})"
+    print(f"usenetfs: {verdict}", file=sys.stderr)
+    return EXIT_MOUNT_FAILED
+
+
+async def _serve(request: MountRequest, ready_fd: int | None) -> int:
+    from .data import FileData
+    from .fs import Operations, fuse_options
+    from .index import Index
+    from .store import NNTPSegmentStore
+
+    volume = request.volume
+    tune_malloc()
+    local_server = None
+    index = None
+    try:
+        settings = volume.load()
+        local_url = None
+        if volume.uses_local_server:
+            from .innserver import InnServer
+            local_server = InnServer(volume.home.ensure().local_server_dir)
+            if local_server.is_running():  # started by `server start`: not ours to stop
+                local_url = local_server.url
+                local_server = None
+            else:
+                local_server.start()
+                local_url = local_server.url
+        config = volume.server_configs(settings, local_url)[0]
+        await _preflight(config)
+        index = Index.open(volume.index_file) if volume.index_file.exists() else \
+            Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
+                         uid=os.getuid(), gid=os.getgid())
+        pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
+        async with NNTPClient(config, pool) as client:
+            store = NNTPSegmentStore(client, request.keys, settings.group, cipher=settings.cipher,
+                                     pad=settings.pad_articles)
+            data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
+                            staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes)
+            recovered = await data.recover()
+            if recovered:
+                log.info("resuming the upload of %d files left by an earlier run", recovered)
+            operations = Operations(index, data, read_only=request.read_only, uid=request.uid,
+                                    gid=request.gid, umask=request.umask,
+                                    quota_bytes=settings.quota_bytes)
+            options = fuse_options(f"usenetfs:{volume.name}", allow_other=request.allow_other,
+                                   ro=request.read_only, extra=request.fuse_extra)
+            try:
+                pyfuse3.init(operations, request.mountpoint, options)
+            except RuntimeError as exc:
+                raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
+            try:
+                _write_json(volume.mount_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
+                                                "control": str(volume.control_socket)})
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(data.run)
+                    await nursery.start(_control_server, volume.control_socket, data, client)
+                    nursery.start_soon(_terminate_on_signal)
+                    nursery.start_soon(_raise_readahead, request.mountpoint)
+                    _signal_ready(ready_fd, "ok")
+                    ready_fd = None
+                    if request.notify_systemd:
+                        _sd_notify(b"READY=1")
+                    await pyfuse3.main()
+                    # Unmounted: release what the kernel still held, then stop the uploads;
+                    # what is not posted stays staged and resumes at the next mount.
+                    await operations.close()
+                    nursery.cancel_scope.cancel()
+                learned = client.pool.learned_limit
+                if learned and learned != settings.learned_connection_limit:
+                    settings.learned_connection_limit = learned
+                    volume.save(settings)
+            finally:
+                pyfuse3.close(unmount=True)
+                _remove(volume.mount_file)
+                _remove(volume.control_socket)
+        return 0
+    except UserError as error:
+        if ready_fd is None:
+            raise
+        _signal_ready(ready_fd, str(error))
+        return EXIT_MOUNT_FAILED
+    finally:
+        if index is not None:
+            index.close()
+        if local_server is not None:
+            local_server.stop()
+
+
+async def _preflight(config, tries: int = 3) -> None:
+    """One direct connection: the server answers and takes our login, or one clear line.
+
+    A temporary failure (a greeting cut off, a refused connect while a server restarts) is
+    tried again twice, half a second apart; a permanent one (bad password) is not.
+    """
+    for attempt in range(tries):
+        try:
+            conn = await NNTPConnection.open(config)
+        except E.TemporaryError as error:
+            if attempt + 1 == tries:
+                raise UserError(f"server check failed: {error}") from None
+            await trio.sleep(0.5)
+            continue
+        except E.NNTPError as error:
+            raise UserError(f"server check failed: {error}") from None
+        await conn.aclose()
+        return
+
+
+async def _control_server(path, data, client, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answer `status` and `flush` on a Unix socket (owner-only)."""
+    _remove(path)
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(8)
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        while True:
+            sock, _ = await listener.accept()
+            nursery.start_soon(_control_session, trio.SocketStream(sock), data, client)
+
+
+async def _control_session(stream: trio.SocketStream, data, client) -> None:
+    async with stream:
+        buffer = b""
+        while b"\n" not in buffer:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        try:
+            request = json.loads(buffer.split(b"\n", 1)[0])
+            op = request.get("op")
+        except (ValueError, AttributeError):
+            op = None
+
+        async def send(obj) -> None:
+            await stream.send_all(json.dumps(obj).encode() + b"\n")
+
+        if op == "status":
+            await send({"pending": data.pending(), "nntp": client.stats()})
+        elif op == "flush":
+            latest = {"done": 0, "total": 0}
+            finished = trio.Event()
+
+            def progress(done: int, total: int) -> None:  # called synchronously by flush_all
+                latest.update(done=done, total=total)
+
+            async def report() -> None:
+                while not finished.is_set():
+                    await send(dict(latest))
+                    with trio.move_on_after(0.5):
+                        await finished.wait()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(report)
+                await data.flush_all(progress)
+                finished.set()
+            await send({"ok": True, "pending": data.pending()})
+        else:
+            await send({"error": f"unknown request {op!r}"})
+
+
+async def control_request(volume: Volume, op: str, on_line=None) -> dict:
+    """Client side of the control socket: send one request, return the final answer."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.connect(str(volume.control_socket))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot reach the mount daemon of {volume.name!r}: {exc.strerror}") from None
+    stream = trio.SocketStream(sock)
+    async with stream:
+        await stream.send_all(json.dumps({"op": op}).encode() + b"\n")
+        buffer = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise UserError(f"the mount daemon of {volume.name!r} closed the connection")
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                answer = json.loads(line)
+                if "done" in answer and on_line:
+                    on_line(answer)
+                    continue
+                if "error" in answer:
+                    raise UserError(answer["error"])
+                return answer
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("signal received: unmounting")
+            pyfuse3.terminate()
+            return
+
+
+async def _raise_readahead(mountpoint: str) -> None:
+    """1 MiB kernel read-ahead instead of 128 KiB: doubles sequential reads (baselines.md).
+
+    The kernel sets the read-ahead when it receives our answer to FUSE INIT, so this runs
+    once the session loop has answered it. The device number comes from
+    /proc/self/mountinfo: stat() on our own mountpoint from this thread could deadlock.
+    """
+    await trio.sleep(0.5)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if fields[4] == mountpoint and " - fuse" in line:
+                    with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as out:
+                        out.write("1024")
+    except (OSError, IndexError):
+        pass  # not root, or no sysfs: reads still work, only with smaller requests
+
+
+def _signal_ready(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.replace("\n", " ").encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _read_verdict(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ""
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return ""
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break  # the child died without a verdict
+        data += chunk
+    line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+    return line or "the mount daemon exited without mounting (see its log)"
+
+
+def _sd_notify(message: bytes) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message, address)
+        except OSError:
+            pass
+
+
+def _redirect_stdio(log_file) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
+
+
+def process_alive(pid) -> bool:
+    """Is `pid` a running process? A zombie (killed, not yet reaped) is not."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _remove(path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, exc)

@@ -1,0 +1,228 @@
+"""A volume on disk: its configuration, its wrapped key, its directories, its secrets.
+
+    config_dir/volumes/NAME/volume.json   settings (servers without passwords, group, sizes)
+    config_dir/volumes/NAME/key.json      the passphrase-wrapped master key and its key check
+    config_dir/volumes/NAME/secrets.json  server passwords (mode 0600)
+    data_dir/volumes/NAME/index.sqlite    the index
+    data_dir/volumes/NAME/staging/        write-back staging (durable: not a cache)
+    data_dir/volumes/NAME/mount.json      the running mount: mountpoint, pid, control socket
+    cache_dir/volumes/NAME/               segment cache (may be deleted at any time)
+
+Everything here is synchronous and small; nothing talks to a server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hmac
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .home import Home
+from .keys import VolumeKeys, create_envelope, rewrap_envelope, unwrap_envelope
+from .nntp.config import ServerConfig, parse_server_url
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_NAME = "default"
+LOCAL_SERVER = "local"  # the servers entry meaning "the project's own INN in the home"
+
+
+@dataclass
+class VolumeSettings:
+    name: str
+    volume_id: str  # 32 hex digits: the volume scope's 16-byte id
+    servers: list[str]  # URLs without passwords, or ["local"]
+    group: str
+    connections: int = 4
+    ca_file: str | None = None
+    cipher: str = "aes-256-gcm"
+    segment_size: int = 716_800
+    pad_articles: bool = False
+    quota_bytes: int | None = None  # statfs size; None: a large constant
+    cache_bytes: int = 256 << 20
+    staging_limit: int = 4 << 30
+    learned_connection_limit: int | None = None
+    created: float = field(default_factory=time.time)
+
+
+class Volume:
+    def __init__(self, home: Home, name: str):
+        if not NAME_PATTERN.match(name):
+            raise UserError(f"invalid volume name {name!r}: use letters, digits, '.', '_' or '-'")
+        self.home = home
+        self.name = name
+        self.config_dir = home.config_dir / "volumes" / name
+        self.data_dir = home.data_dir / "volumes" / name
+        self.cache_dir = home.cache_dir / "volumes" / name
+
+    # ------------------------------------------------------------- locations
+    @property
+    def settings_file(self) -> Path:
+        return self.config_dir / "volume.json"
+
+    @property
+    def key_file(self) -> Path:
+        return self.config_dir / "key.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.config_dir / "secrets.json"
+
+    @property
+    def index_file(self) -> Path:
+        return self.data_dir / "index.sqlite"
+
+    @property
+    def mount_file(self) -> Path:
+        return self.data_dir / "mount.json"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "mount.log"
+
+    def exists(self) -> bool:
+        return self.settings_file.exists()
+
+    # ---------------------------------------------------------------- create
+    @classmethod
+    def create(cls, home: Home, name: str, *, servers: list[str], group: str, passphrase: str,
+               connections: int = 4, ca_file: str | None = None, log_n: int = 17,
+               password_file: str | None = None) -> "Volume":
+        volume = cls(home.ensure(), name)
+        if volume.exists():
+            raise UserError(f"volume {name!r} already exists in {volume.config_dir}")
+        if not servers:
+            raise UserError("give at least one --server URL, or --local")
+        if not re.match(r"^[a-z0-9][a-z0-9.+_-]*$", group):
+            raise UserError(f"invalid newsgroup name {group!r}")
+        passwords: dict[str, str] = {}
+        clean_urls = []
+        for url in servers:
+            if url == LOCAL_SERVER:
+                clean_urls.append(url)
+                continue
+            config = parse_server_url(url, password_file=password_file, ca_file=ca_file)
+            if config.password is not None:
+                passwords[config.describe()] = config.password
+            clean_urls.append(config.describe() + ("?starttls=1" if config.starttls else ""))
+        master_key, envelope = create_envelope(passphrase, log_n=log_n)
+        keys = VolumeKeys(master_key)
+        settings = VolumeSettings(name=name, volume_id=os.urandom(16).hex(), servers=clean_urls,
+                                  group=group, connections=connections, ca_file=ca_file)
+        for directory in (volume.config_dir, volume.data_dir, volume.cache_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_json(volume.key_file, {"envelope": envelope, "key_check": keys.key_check().hex()})
+        _write_json(volume.secrets_file, passwords)
+        volume.save(settings)
+        return volume
+
+    # ----------------------------------------------------------------- read
+    def load(self) -> VolumeSettings:
+        try:
+            data = json.loads(self.settings_file.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no volume named {self.name!r} (create it with 'usenetfs init')") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {self.settings_file}: {exc}") from None
+        known = VolumeSettings.__dataclass_fields__
+        return VolumeSettings(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, settings: VolumeSettings) -> None:
+        _write_json(self.settings_file, asdict(settings))
+
+    def unlock(self, passphrase: str) -> VolumeKeys:
+        """The volume's keys; WrongPassphrase (one line) if the passphrase is wrong."""
+        stored = json.loads(self.key_file.read_text())
+        keys = VolumeKeys(unwrap_envelope(stored["envelope"], passphrase))
+        if not hmac.compare_digest(keys.key_check().hex(), stored["key_check"]):
+            raise UserError("the key file does not match this volume's key check")
+        return keys
+
+    def change_passphrase(self, old: str, new: str) -> None:
+        stored = json.loads(self.key_file.read_text())
+        stored["envelope"] = rewrap_envelope(stored["envelope"], old, new)
+        _write_json(self.key_file, stored)
+
+    def server_configs(self, settings: VolumeSettings, local_url: str | None = None) -> list[ServerConfig]:
+        passwords = json.loads(self.secrets_file.read_text()) if self.secrets_file.exists() else {}
+        configs = []
+        for url in settings.servers:
+            if url == LOCAL_SERVER:
+                if local_url is None:
+                    raise UserError("the local server is not running")
+                url = local_url
+            config = parse_server_url(url, ca_file=settings.ca_file)
+            configs.append(config.with_password(passwords.get(config.describe(), config.password)))
+        return configs
+
+    @property
+    def uses_local_server(self) -> bool:
+        return LOCAL_SERVER in self.load().servers
+
+    def mount_info(self) -> dict | None:
+        try:
+            return json.loads(self.mount_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def list_volumes(home: Home) -> list[str]:
+    root = home.config_dir / "volumes"
+    return sorted(p.name for p in root.iterdir() if (p / "volume.json").exists()) if root.exists() else []
+
+
+def find_mounted(home: Home, mountpoint: str | os.PathLike) -> Volume:
+    """The volume whose running mount is at `mountpoint`."""
+    target = os.path.realpath(mountpoint)
+    for name in list_volumes(home):
+        volume = Volume(home, name)
+        info = volume.mount_info()
+        if info and os.path.realpath(info["mountpoint"]) == target:
+            return volume
+    raise UserError(f"no usenetfs volume of this home is mounted at {mountpoint}")
+
+
+def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> str:
+    """From a file (first line), $USENETFS_PASSPHRASE_FILE, or a prompt on a terminal."""
+    path = passphrase_file or os.environ.get("USENETFS_PASSPHRASE_FILE")
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+        passphrase = text.splitlines()[0] if text else ""
+    elif sys.stdin.isatty():
+        passphrase = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Passphrase again: ") != passphrase:
+            raise UserError("the passphrases do not match")
+    else:
+        raise UserError("no passphrase: give --passphrase-file or set USENETFS_PASSPHRASE_FILE")
+    if not passphrase:
+        raise UserError("the passphrase is empty")
+    return passphrase
+
+
+def _write_json(path: Path, data) -> None:
+    """Atomically: temporary file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
