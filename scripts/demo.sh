@@ -15,7 +15,7 @@ mkdir -p "$USENETFS_HOME" "$mnt"
 chmod 755 "$USENETFS_HOME"   # INN runs as user news and keeps its spool below this
 [ -s "$pass" ] || { head -c 24 /dev/urandom | base64 > "$pass"; chmod 600 "$pass"; }
 
-if ! $usenetfs fsck demo >/dev/null 2>&1; then
+if [ ! -f "$USENETFS_HOME/config/volumes/demo/volume.json" ]; then
     $usenetfs init demo --local --group alt.binaries.test --passphrase-file "$pass"
 fi
 mountpoint -q "$mnt" || $usenetfs mount demo "$mnt" --passphrase-file "$pass"

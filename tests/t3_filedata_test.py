@@ -444,17 +444,18 @@ async def test_recover_repairs_a_lagging_index_size(index, store, tmp_path):
 async def test_failed_uploads_are_retried_with_backoff(index, keys, tmp_path):
     store = GatedStore(tmp_path / "store", keys)
     store.fail_next = 3
+    content, small = os.urandom(2 * SEG), os.urandom(100)
     async with mounted(index, store, tmp_path / "cache") as fs:
-        ino = await fs.write_file(b"f", os.urandom(2 * SEG))
-        other = await fs.write_file(b"g", os.urandom(100))
+        ino = await fs.write_file(b"f", content)
+        other = await fs.write_file(b"g", small)
         await wait_until(lambda: fs.data.staging.files.get(ino) is None or fs.data.staging.files[ino].failures)
         if fs.data.staging.files.get(ino) is not None:
             assert "upload failing" in fs.data.health(ino)
         await fs.data.flush_all()
         assert fs.data.health(ino) == "ok"
     assert store.fail_next == 0
-    assert await fresh_read(index, store, tmp_path, ino) is not None
-    assert len(await fresh_read(index, store, tmp_path, other)) == 100
+    assert await fresh_read(index, store, tmp_path, ino) == content
+    assert await fresh_read(index, store, tmp_path, other) == small
 
 
 async def test_a_failed_upload_resumes_where_it_stopped(index, keys, tmp_path):
