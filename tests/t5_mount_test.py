@@ -65,6 +65,8 @@ class Mount:
 
     def cleanup(self) -> None:
         if os.path.ismount(self.mountpoint):
+            self.run("umount", str(self.mountpoint), "--no-wait", check=False)
+        if os.path.ismount(self.mountpoint):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
         pid_file = self.home / "data/volumes/vol/mount.json"
         if pid_file.exists():
