@@ -64,7 +64,15 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-fs-"))
     os.chmod(tmp, 0o755)
-    rows = []
+    class Rows(list):
+        def append(self, row) -> None:  # print as measured, so a late failure loses nothing
+            super().append(row)
+            name, ours, ceiling, what, goal = row
+            print(f"{name:38}{ours:10.1f}{ceiling:10.1f}  {what:10}{ours / ceiling:7.2f}  >= {goal}",
+                  flush=True)
+
+    rows = Rows()
+    print(f"\n{'':38}{'usenetfs':>10}{'ceiling':>10}  {'ceiling is':10}{'ratio':>7}  goal")
     try:
         with InnServer(tmp / "inn") as server:
             source = Path("/dev/shm") / f"bench-fs-{os.getpid()}"
@@ -119,9 +127,6 @@ def main() -> None:
         subprocess.run(["fusermount3", "-uz", str(tmp / "mnt")], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{'':38}{'usenetfs':>10}{'ceiling':>10}  {'ceiling is':10}{'ratio':>7}  goal")
-    for name, ours, ceiling, what, goal in rows:
-        print(f"{name:38}{ours:10.1f}{ceiling:10.1f}  {what:10}{ours / ceiling:7.2f}  >= {goal}")
 
 
 if __name__ == "__main__":

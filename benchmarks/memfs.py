@@ -16,6 +16,9 @@ import time
 import pyfuse3
 import trio
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from usenetfs.mountd import raise_readahead  # noqa: E402
+
 
 class MemFS(pyfuse3.Operations):
     enable_writeback_cache = True
@@ -120,22 +123,19 @@ class MemFS(pyfuse3.Operations):
         return result
 
 
-def raise_readahead(mountpoint: str) -> None:
-    try:
-        dev = os.stat(mountpoint).st_dev
-        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as out:
-            out.write("1024")
-    except OSError:
-        pass
-
-
 def main() -> None:
     mountpoint = sys.argv[1]
     options = set(pyfuse3.default_options) | {"fsname=memfs"}
     pyfuse3.init(MemFS(), mountpoint, options)
-    raise_readahead(mountpoint)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raise_readahead, mountpoint)  # the same 1 MiB as usenetfs
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
     try:
-        trio.run(pyfuse3.main)
+        trio.run(serve)
     finally:
         pyfuse3.close(unmount=True)
 

@@ -94,8 +94,11 @@ def recount(path: Path) -> dict:
         inodes, total = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM inodes").fetchone()
         by_state = dict.fromkeys(range(5), 0)
         stored = garbage = 0
+        std = int(db.execute("SELECT value FROM meta WHERE key = 'segment_size'").fetchone()[0])
         for state, n, size in db.execute(
-            "SELECT state, count(*), coalesce(sum(stored_size), 0) FROM segments GROUP BY state"
+            "SELECT state, count(*), coalesce(sum(coalesce(payload_size, ?) + stored_extra), 0) FROM segments "
+            "GROUP BY state",
+            (std,),
         ):
             by_state[state] = n
             if state == DEAD:
@@ -472,12 +475,12 @@ def test_symlink_and_xattrs(ix: Index):
 
 def test_segment_lifecycle(ix: Index):
     f = mkfile(ix, b"f", 100)
-    seg = ix.new_segment(1, 100, now_ns=(ix.epoch_s + 120) * 10**9)
+    seg = ix.new_segment(1, 100)
     row = ix.segment(seg)
-    assert (row.state, row.generation, row.refcount, row.stored_size, row.crc32, row.posted_s) == (
-        PENDING, 0, 0, None, None, None
+    assert (row.state, row.generation, row.refcount, row.stored_size, row.crc32, row.posted_s, row.checked_s) == (
+        PENDING, 0, 0, None, None, None, None
     )
-    assert row.checked_s == ix.epoch_s + 120
+    assert row.payload_size == 100
     ix.set_extents(f, [extent(0, 100, seg)])
     assert ix.mark_failed(seg) == 1 and ix.mark_failed(seg) == 2
     assert ix.mark_posted(seg, 0, 140, 0xFFFFFFFF, now_ns=(ix.epoch_s + 600) * 10**9)
@@ -486,8 +489,9 @@ def test_segment_lifecycle(ix: Index):
         POSTED, 140, 0xFFFFFFFF, 0, ix.epoch_s + 600
     )
     assert ix.stats().segments == (0, 1, 0, 0, 0) and ix.stats().stored_bytes == 140
-    assert ix.mark_verified(seg, 0)
+    assert ix.mark_verified(seg, 0, now_ns=(ix.epoch_s + 725) * 10**9)
     assert ix.segment(seg).state == VERIFIED
+    assert ix.segment(seg).checked_s == ix.epoch_s + 720  # minute resolution
     assert not ix.mark_missing(seg, generation=5)  # stale generation
     assert ix.mark_missing(seg, 0)
     row = ix.segment(seg)
@@ -519,6 +523,27 @@ def test_segment_run_ids_are_consecutive(ix: Index):
     assert ix.extents(f) == [ExtentRow(f, 0, 25, first, 0, 3, 10)]
     assert ix.discard_segment(nxt) and ix.segment(nxt).state == DEAD
     assert not ix.discard_segment(first)  # referenced: stays
+
+
+def test_compact_segment_encoding(ix: Index, path: Path):
+    """Standard-size payloads are stored as NULL, stored sizes as the small overhead; the
+    API still reports the real numbers."""
+    std = ix.segment_size
+    assert std == schema.DEFAULT_SEGMENT_SIZE
+    f = mkfile(ix, b"f", std + 10)
+    first = ix.new_segment_run(1, 2, std, 10)
+    ix.set_extents(f, [extent(0, std + 10, first, 0, std)])
+    ix.mark_posted(first, 0, std + 37, 1)
+    ix.mark_posted(first + 1, 0, 10 + 37, 2)
+    with sqlite3.connect(path) as db:
+        raw = db.execute("SELECT payload_size, stored_extra FROM segments ORDER BY id").fetchall()
+    assert raw == [(None, 37), (10, 37)]
+    assert [(ix.segment(s).payload_size, ix.segment(s).stored_size) for s in (first, first + 1)] == [
+        (std, std + 37), (10, 47)
+    ]
+    assert ix.stats().stored_bytes == std + 37 + 47
+    ix.truncate(f, 0)
+    assert ix.stats().garbage_bytes == std + 37 + 47 and ix.stats().stored_bytes == 0
 
 
 def test_pending_segments_queue(ix: Index):
@@ -1129,8 +1154,13 @@ class IndexMachine(RuleBasedStateMachine):
         db = ix._q
         inodes, total = db("SELECT count(*), coalesce(sum(size), 0) FROM inodes").fetchone()
         by_state = dict(db("SELECT state, count(*) FROM segments GROUP BY state").fetchall())
-        garbage = db("SELECT coalesce(sum(stored_size), 0) FROM segments WHERE state = 4").fetchone()[0]
-        stored = db("SELECT coalesce(sum(stored_size), 0) FROM segments WHERE state != 4").fetchone()[0]
+        std = ix.segment_size
+        garbage = db(
+            "SELECT coalesce(sum(coalesce(payload_size, ?) + stored_extra), 0) FROM segments WHERE state = 4", (std,)
+        ).fetchone()[0]
+        stored = db(
+            "SELECT coalesce(sum(coalesce(payload_size, ?) + stored_extra), 0) FROM segments WHERE state != 4", (std,)
+        ).fetchone()[0]
         s = ix.stats()
         assert (s.inodes, s.total_bytes, s.garbage_bytes, s.stored_bytes) == (inodes, total, garbage, stored)
         assert s.segments == tuple(by_state.get(k, 0) for k in range(5))

@@ -37,6 +37,7 @@ from .keys import VolumeKeys
 from .nntp import errors as E
 from .nntp.client import NNTPClient, PoolOptions
 from .nntp.connection import NNTPConnection
+from .nntp.posting import VerifyOptions
 from .volume import Volume, _write_json
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,16 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                          uid=os.getuid(), gid=os.getgid())
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
         async with NNTPClient(config, pool) as client:
+            # Read back at once, then back off while the server answers 430: a fixed
+            # propagation delay per segment would cap uploads at in-flight / delay.
             store = NNTPSegmentStore(client, request.keys, settings.group, cipher=settings.cipher,
-                                     pad=settings.pad_articles)
+                                     pad=settings.pad_articles or None,
+                                     verify=VerifyOptions(delay=0.0, tries=6, interval=1.0))
+            # Segments in flight mostly wait for their read-back (propagation delay), which
+            # holds no connection: keep many in flight so the pool stays busy posting.
             data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
-                            staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes)
+                            staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes,
+                            upload_concurrency=max(16, 8 * pool.max_connections))
             recovered = await data.recover()
             if recovered:
                 log.info("resuming the upload of %d files left by an earlier run", recovered)
@@ -153,7 +160,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     nursery.start_soon(data.run)
                     await nursery.start(_control_server, volume.control_socket, data, client)
                     nursery.start_soon(_terminate_on_signal)
-                    nursery.start_soon(_raise_readahead, request.mountpoint)
+                    nursery.start_soon(raise_readahead, request.mountpoint)
                     _signal_ready(ready_fd, "ok")
                     ready_fd = None
                     if request.notify_systemd:
@@ -295,7 +302,7 @@ async def _terminate_on_signal() -> None:
             return
 
 
-async def _raise_readahead(mountpoint: str) -> None:
+async def raise_readahead(mountpoint: str) -> None:
     """1 MiB kernel read-ahead instead of 128 KiB: doubles sequential reads (baselines.md).
 
     The kernel sets the read-ahead when it receives our answer to FUSE INIT, so this runs

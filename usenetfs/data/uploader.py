@@ -475,7 +475,7 @@ class Uploader:
                 else:
                     size = inode.size
                     rows = layout.truncated(rows, size)
-                _replace_extents(index, m.d.ino, rows, size)
+                index.replace_extents(m.d.ino, rows)  # the size is set above, same batch
                 committed.append(m)
             if not committed:
                 self._discard(plan)
@@ -590,21 +590,6 @@ class Uploader:
                 for seg in doomed:
                     self.index.discard_segment(seg)
         return len(doomed)
-
-
-def _replace_extents(index: Index, ino: int, rows: list[ExtentRow], size: int) -> None:
-    """Make `rows` the file's whole extent map (inside the caller's batch).
-
-    Index.set_extents only maps ranges over what was there; bytes that are now holes
-    would keep their old extents. The Index has no "punch"/"replace all" call yet, so:
-    cut the map to nothing by setting the size to 0 and back (both inside this one
-    transaction: no one ever sees the zero size), then set the new rows. Old segments
-    no longer referenced die and count as garbage, as with any overwrite."""
-    if index.extents(ino):
-        index.update_inode(ino, size=0)
-        index.update_inode(ino, size=size)
-    if rows:
-        index.set_extents(ino, rows)
 
 
 __all__ = ["Uploader", "UploadFailed"]

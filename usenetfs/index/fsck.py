@@ -381,7 +381,7 @@ class _Fsck:
         fixes: list[tuple[int, int, int]] = []  # (refcount, state, id)
         known_scopes = set(self.ix._scopes)
         for seg, refcount, state, stored, scope in self.q(
-            "SELECT id, refcount, state, stored_size, scope FROM segments ORDER BY id"
+            "SELECT id, refcount, state, stored_extra, scope FROM segments ORDER BY id"
         ):
             while nxt is not None and nxt[0] <= seg:
                 level += nxt[1]
@@ -418,7 +418,9 @@ class _Fsck:
         ).fetchone()
         names = ("seg_pending", "seg_posted", "seg_verified", "seg_missing", "seg_dead")
         for state, n, stored in self.q(
-            "SELECT state, count(*), coalesce(sum(stored_size), 0) FROM segments GROUP BY state"
+            "SELECT state, count(*), coalesce(sum(coalesce(payload_size, ?) + stored_extra), 0) FROM segments "
+            "GROUP BY state",
+            (self.ix.segment_size,),
         ):
             if 0 <= state < len(names):
                 truth[names[state]] = n

@@ -6,8 +6,10 @@ migration registry. docs/index.md documents each column and sentinel; keep them 
 Size matters more than elegance here: at the 20 TB target the `segments` table holds
 30M rows, so its columns are small integers that SQLite stores in 0-4 bytes (0 and 1 cost
 no payload at all), nothing derivable is stored (Message-IDs come from keys + scope + id +
-generation), and timestamps are minutes since the volume epoch (3 bytes for 16 years)
-instead of nanoseconds (8 bytes each: +20 bytes a row, +600 MB at 30M rows).
+generation), timestamps are minutes since the volume epoch (3 bytes for 16 years)
+instead of nanoseconds (8 bytes each: +600 MB at 30M rows), and the usual values of sizes
+and times are encoded as NULL or small deltas (see the column comments). Measured at full
+scale: 29 bytes a segment row instead of 55 for the naive layout.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ STATE_NAMES = ("pending", "posted", "verified", "missing", "dead")
 QUEUE_STATES = (PENDING, POSTED, MISSING)  # what the uploader still has to do something about
 
 ROOT_INODE = 1  # == pyfuse3.ROOT_INODE
+DEFAULT_SEGMENT_SIZE = 716_800  # meta segment_size unless Index.create is told otherwise
 VOLUME_SCOPE = 1  # scopes.id of the volume itself
 
 S_IFMT = 0o170000
@@ -147,13 +150,19 @@ segments = Table(
     Column("scope", Integer, nullable=False),  # scopes.id whose keys name the article
     Column("generation", Integer, nullable=False),  # bumped by each re-post after a loss
     Column("state", Integer, nullable=False),
-    Column("payload_size", Integer, nullable=False),  # bytes of file data before encoding
-    Column("stored_size", Integer),  # bytes under yEnc (the blob); NULL until posted
+    # Bytes of file data before encoding. NULL = the volume's standard size (meta
+    # segment_size): nearly every segment of a big file, and 3 bytes saved on each.
+    Column("payload_size", Integer),
+    # stored_size - payload_size, where stored_size is the blob under yEnc; NULL until
+    # posted. A few dozen bytes of AEAD overhead (1 byte) instead of ~716,837 (3 bytes).
+    Column("stored_extra", Integer),
     Column("crc32", Integer),  # CRC32 of the blob as a signed 32-bit int; NULL until posted
     Column("refcount", Integer, nullable=False),  # extent rows covering this segment
     Column("attempts", Integer, nullable=False),  # failed POSTs of this generation
-    Column("posted_min", Integer),  # minute (since volume epoch) of the last accepted POST
-    Column("checked_min", Integer, nullable=False),  # minute of the last state change
+    Column("posted_min", Integer),  # minute (since meta epoch_s) of the last accepted POST; NULL: never
+    # Minutes from that POST to the last read-back (verified, or found missing); NULL: not
+    # read back since. Usually a few minutes: 1 byte instead of an absolute 3.
+    Column("checked_lag_min", Integer),
     CheckConstraint("state BETWEEN 0 AND 4", name="segments_state"),
 )
 # The upload queue: only rows still needing work are in it (a handful in steady state,

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert
 
 from ..codec.segment import KIND_DATA, SegmentId
 from . import layout, schema
@@ -41,7 +41,6 @@ from .errors import (
     BatchAborted,
     Exists,
     FormatError,
-    IndexError_,
     InvalidMove,
     IsADirectory,
     NoSuchAttribute,
@@ -69,7 +68,7 @@ from .schema import (
 _INODE_COLS = "id, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, generation, rdev, parent"
 _I_INODE_COLS = ", ".join("i." + c.strip() for c in _INODE_COLS.split(","))
 _SEG_COLS = (
-    "id, scope, generation, state, payload_size, stored_size, crc32, refcount, attempts, posted_min, checked_min"
+    "id, scope, generation, state, payload_size, stored_extra, crc32, refcount, attempts, posted_min, checked_lag_min"
 )
 _EXT_COLS = "inode, offset, length, segment, segment_offset, run, stride"
 _STATE_COUNTER = ("seg_pending", "seg_posted", "seg_verified", "seg_missing", "seg_dead")
@@ -98,16 +97,18 @@ SQL = {
     "pending_segments": f"SELECT {_SEG_COLS} FROM segments INDEXED BY segments_queue "
     "WHERE state IN (0, 1, 3) AND id > ? ORDER BY id LIMIT ?",
     "segment_range_check": "SELECT count(*), coalesce(sum(state = 4), 0) FROM segments WHERE id BETWEEN ? AND ?",
-    "dying": "SELECT state, count(*), coalesce(sum(stored_size), 0) FROM segments "
-    "WHERE id BETWEEN ? AND ? AND refcount <= 0 AND state != 4 GROUP BY state",
+    # ?1 is the standard payload size (a NULL payload_size); a NULL stored_extra (never
+    # posted) adds nothing to the sum.
+    "dying": "SELECT state, count(*), coalesce(sum(coalesce(payload_size, ?1) + stored_extra), 0) FROM segments "
+    "WHERE id BETWEEN ?2 AND ?3 AND refcount <= 0 AND state != 4 GROUP BY state",
     "get_xattr": "SELECT value FROM xattrs WHERE inode = ? AND name = ?",
 }
 _INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_DENTRY = "INSERT INTO dentries (parent, name, id, inode) VALUES (?, ?, ?, ?)"
 _INSERT_EXTENT = f"INSERT INTO extents ({_EXT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_SEGMENT = (
-    "INSERT INTO segments (id, scope, generation, state, payload_size, stored_size, crc32, refcount, "
-    "attempts, posted_min, checked_min) VALUES (?, ?, 0, 0, ?, NULL, NULL, 0, 0, NULL, ?)"
+    "INSERT INTO segments (id, scope, generation, state, payload_size, stored_extra, crc32, refcount, "
+    "attempts, posted_min, checked_lag_min) VALUES (?, ?, 0, 0, ?, NULL, NULL, 0, 0, NULL, NULL)"
 )
 _UPDATE_COUNTERS = "UPDATE counters SET " + ", ".join(f"{n} = ?" for n in schema.COUNTER_NAMES) + " WHERE id = 1"
 
@@ -213,23 +214,32 @@ class Index:
         scope_id: bytes | None = None,
         uid: int = 0,
         gid: int = 0,
+        segment_size: int = schema.DEFAULT_SEGMENT_SIZE,
         now_ns: int | None = None,
     ) -> Index:
-        """Make a new, empty index (root directory 0755, the volume scope) and open it."""
+        """Make a new, empty index (root directory 0755, the volume scope) and open it.
+
+        `segment_size` is the usual segment payload: segments of exactly that size store
+        it as NULL (any other size works, it just takes 3 more bytes a row)."""
         if scope_id is None:
             scope_id = os.urandom(16)
         if len(scope_id) != 16:
             raise ValueError("scope_id must be 16 bytes")
         if not isinstance(target, Engine) and Path(target).exists() and Path(target).stat().st_size:
             raise FormatError(f"{target}: already exists")
-        return cls(target, _create={"scope_id": scope_id, "uid": uid, "gid": gid, "now_ns": now_ns})
+        if segment_size < 1:
+            raise ValueError("segment_size must be positive")
+        return cls(
+            target,
+            _create={"scope_id": scope_id, "uid": uid, "gid": gid, "segment_size": segment_size, "now_ns": now_ns},
+        )
 
     @classmethod
     def open(cls, target: Engine | str | os.PathLike[str]) -> Index:
         """Open an existing index, migrating it to the current format if it is older."""
         return cls(target)
 
-    def _initialise(self, scope_id: bytes, uid: int, gid: int, now_ns: int | None) -> None:
+    def _initialise(self, scope_id: bytes, uid: int, gid: int, segment_size: int, now_ns: int | None) -> None:
         now = time.time_ns() if now_ns is None else now_ns
         if self._q("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise FormatError("the database is not empty")
@@ -244,6 +254,7 @@ class Index:
                     {"key": "format_version", "value": str(schema.FORMAT_VERSION)},
                     {"key": "volume_id", "value": scope_id.hex()},
                     {"key": "epoch_s", "value": str(epoch_s)},
+                    {"key": "segment_size", "value": str(segment_size)},
                     {"key": "created_ns", "value": str(now)},
                 ],
             )
@@ -269,6 +280,7 @@ class Index:
         try:
             version = int(meta["format_version"])
             self.epoch_s = int(meta["epoch_s"])
+            self.segment_size = int(meta["segment_size"])
         except (KeyError, ValueError) as e:
             raise FormatError(f"{self.path or 'database'}: damaged meta table ({e})") from e
         if version > schema.FORMAT_VERSION:
@@ -490,7 +502,7 @@ class Index:
             if new.size != old.size:
                 self._c["total_bytes"] += new.size - old.size
                 if new.size < old.size:
-                    self._cut_extents(ino, new.size, self._now(None))
+                    self._cut_extents(ino, new.size)
             return new
 
     def truncate(self, ino: int, size: int, **fields) -> InodeRow:
@@ -509,9 +521,9 @@ class Index:
                 raise ValueError(f"inode {ino} still has {old.nlink} links")
             if old.is_dir and self._q(SQL["has_children"], (ino,)).fetchone():
                 raise NotEmpty(f"directory {ino} is not empty")
-            self._delete_inode(old, self._now(None))
+            self._delete_inode(old)
 
-    def _delete_inode(self, old: InodeRow, now: int) -> None:
+    def _delete_inode(self, old: InodeRow) -> None:
         ino = old.id
         rows = self.extents(ino)
         self._w("DELETE FROM inodes WHERE id = ?", (ino,))
@@ -522,7 +534,7 @@ class Index:
             self._w("DELETE FROM symlinks WHERE inode = ?", (ino,))
         self._c["inodes"] -= 1
         self._c["total_bytes"] -= old.size
-        self._apply_refcounts([(r.segment, r.last_segment, -1) for r in rows], now)
+        self._apply_refcounts([(r.segment, r.last_segment, -1) for r in rows])
 
     # ------------------------------------------------------------------ directory entries
 
@@ -557,7 +569,9 @@ class Index:
             self._insert_dentry(parent, name, ino)
             if t.is_dir:
                 new = t._replace(nlink=t.nlink + 1, parent=parent, ctime_ns=now)
-                self._w("UPDATE inodes SET nlink = ?, parent = ?, ctime_ns = ? WHERE id = ?", (new.nlink, parent, now, ino))
+                self._w(
+                    "UPDATE inodes SET nlink = ?, parent = ?, ctime_ns = ? WHERE id = ?", (new.nlink, parent, now, ino)
+                )
             else:
                 new = t._replace(nlink=t.nlink + 1, ctime_ns=now)
                 self._w("UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE id = ?", (new.nlink, now, ino))
@@ -772,14 +786,15 @@ class Index:
     # ------------------------------------------------------------------ segments
 
     def _segment_row(self, r) -> SegmentRow:
-        crc = r[6]
-        posted = r[9]
+        payload = self.segment_size if r[4] is None else r[4]
+        crc, posted, lag = r[6], r[9], r[10]
         return SegmentRow(
-            r[0], r[1], r[2], r[3], r[4], r[5],
+            r[0], r[1], r[2], r[3], payload,
+            None if r[5] is None else payload + r[5],
             None if crc is None else crc & 0xFFFFFFFF,
             r[7], r[8],
             None if posted is None else self.epoch_s + posted * 60,
-            self.epoch_s + r[10] * 60,
+            None if lag is None or posted is None else self.epoch_s + (posted + lag) * 60,
         )  # fmt: skip
 
     def segment(self, seg: int) -> SegmentRow:
@@ -792,34 +807,29 @@ class Index:
         """What the codec and the Message-ID derivation call this segment."""
         return SegmentId(self.scope_bytes(seg.scope), KIND_DATA, seg.id)
 
-    def new_segment(self, scope: int, payload_size: int, *, now_ns: int | None = None) -> int:
+    def new_segment(self, scope: int, payload_size: int) -> int:
         """Record the intent to post one segment (state pending, committed). Returns its id."""
-        return self.new_segment_run(scope, 1, payload_size, now_ns=now_ns)
+        return self.new_segment_run(scope, 1, payload_size)
 
     def new_segment_run(
-        self,
-        scope: int,
-        count: int,
-        payload_size: int,
-        last_payload_size: int | None = None,
-        *,
-        now_ns: int | None = None,
+        self, scope: int, count: int, payload_size: int, last_payload_size: int | None = None
     ) -> int:
         """Allocate `count` consecutive pending segments of `payload_size` bytes (the last
         one `last_payload_size`, if given) in one statement. Returns the first id."""
         self.scope_bytes(scope)
         if count < 1 or payload_size < 1 or (last_payload_size is not None and last_payload_size < 1):
             raise ValueError("count and sizes must be positive")
-        minute = self._minute(self._now(now_ns))
+        std = self.segment_size
         with self._txn:
             first = self._c["next_segment"]
             if count == 1:
                 size = payload_size if last_payload_size is None else last_payload_size
-                self._w(_INSERT_SEGMENT, (first, scope, size, minute))
+                self._w(_INSERT_SEGMENT, (first, scope, None if size == std else size))
             else:
-                rows = [(first + k, scope, payload_size, minute) for k in range(count)]
+                stored = None if payload_size == std else payload_size
+                rows = [(first + k, scope, stored) for k in range(count)]
                 if last_payload_size is not None:
-                    rows[-1] = (first + count - 1, scope, last_payload_size, minute)
+                    rows[-1] = (first + count - 1, scope, None if last_payload_size == std else last_payload_size)
                 self._wmany(_INSERT_SEGMENT, rows)
             self._c["next_segment"] = first + count
             self._c["seg_pending"] += count
@@ -837,38 +847,45 @@ class Index:
         crc = _u32_to_i32(crc32)
         minute = self._minute(self._now(now_ns))
         with self._txn:
-            row = self._q("SELECT state, generation, stored_size FROM segments WHERE id = ?", (seg,)).fetchone()
+            row = self._q(
+                "SELECT state, generation, payload_size, stored_extra FROM segments WHERE id = ?", (seg,)
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no segment {seg}")
-            state, gen, old_size = row
+            state, gen, payload, old_extra = row
+            payload = self.segment_size if payload is None else payload
+            extra = stored_size - payload
             if state == DEAD:
-                if old_size is None:
+                if old_extra is None:
                     # Posted after it died (the upload was in flight): garbage from birth.
                     self._w(
-                        "UPDATE segments SET stored_size = ?, crc32 = ?, posted_min = ? WHERE id = ?",
-                        (stored_size, crc, minute, seg),
+                        "UPDATE segments SET stored_extra = ?, crc32 = ?, posted_min = ? WHERE id = ?",
+                        (extra, crc, minute, seg),
                     )
                     self._c["garbage_bytes"] += stored_size
                 return False
             if gen != generation or state not in (PENDING, POSTED, MISSING):
                 return False
             self._w(
-                "UPDATE segments SET state = 1, stored_size = ?, crc32 = ?, posted_min = ?, checked_min = ?, "
-                "attempts = 0 WHERE id = ?",
-                (stored_size, crc, minute, minute, seg),
+                "UPDATE segments SET state = 1, stored_extra = ?, crc32 = ?, posted_min = ?, "
+                "checked_lag_min = NULL, attempts = 0 WHERE id = ?",
+                (extra, crc, minute, seg),
             )
             self._set_state(state, POSTED)
-            self._c["stored_bytes"] += stored_size - (old_size or 0)
+            self._c["stored_bytes"] += stored_size - (0 if old_extra is None else payload + old_extra)
             return True
 
     def mark_verified(self, seg: int, generation: int | None = None, *, now_ns: int | None = None) -> bool:
         """Read back by BODY (posted -> verified; a verified one records the new check)."""
         minute = self._minute(self._now(now_ns))
         with self._txn:
-            state, gen = self._state(seg)
+            state, gen, posted = self._state(seg)
             if state not in (POSTED, VERIFIED) or (generation is not None and generation != gen):
                 return False
-            self._w("UPDATE segments SET state = 2, checked_min = ? WHERE id = ?", (minute, seg))
+            self._w(
+                "UPDATE segments SET state = 2, checked_lag_min = ? WHERE id = ?",
+                (max(0, minute - (posted or 0)), seg),
+            )
             self._set_state(state, VERIFIED)
             return True
 
@@ -877,13 +894,13 @@ class Index:
         Message-ID). False if not posted/verified or the generation is stale."""
         minute = self._minute(self._now(now_ns))
         with self._txn:
-            state, gen = self._state(seg)
+            state, gen, posted = self._state(seg)
             if state not in (POSTED, VERIFIED) or (generation is not None and generation != gen):
                 return False
             self._w(
-                "UPDATE segments SET state = 3, generation = generation + 1, attempts = 0, checked_min = ? "
+                "UPDATE segments SET state = 3, generation = generation + 1, attempts = 0, checked_lag_min = ? "
                 "WHERE id = ?",
-                (minute, seg),
+                (max(0, minute - (posted or 0)), seg),
             )
             self._set_state(state, MISSING)
             return True
@@ -895,17 +912,17 @@ class Index:
             self._w("UPDATE segments SET attempts = attempts + 1 WHERE id = ?", (seg,))
             return self._q("SELECT attempts FROM segments WHERE id = ?", (seg,)).fetchone()[0]
 
-    def discard_segment(self, seg: int, *, now_ns: int | None = None) -> bool:
+    def discard_segment(self, seg: int) -> bool:
         """Declare an allocated segment unwanted (e.g. its file was deleted before the
         extents were set): dead if no extent references it. True if it died."""
         with self._txn:
             self._state(seg)
             before = self._c["seg_dead"]
-            self._bury(seg, seg, self._minute(self._now(now_ns)))
+            self._bury(seg, seg)
             return self._c["seg_dead"] != before
 
-    def _state(self, seg: int) -> tuple[int, int]:
-        row = self._q("SELECT state, generation FROM segments WHERE id = ?", (seg,)).fetchone()
+    def _state(self, seg: int) -> tuple[int, int, int | None]:
+        row = self._q("SELECT state, generation, posted_min FROM segments WHERE id = ?", (seg,)).fetchone()
         if row is None:
             raise NotFound(f"no segment {seg}")
         return row
@@ -930,7 +947,7 @@ class Index:
             return None
         return ExtentRow._make(row)
 
-    def set_extents(self, ino: int, rows: Iterable[ExtentRow], *, now_ns: int | None = None) -> None:
+    def set_extents(self, ino: int, rows: Iterable[ExtentRow]) -> None:
         """Map file byte ranges to segment data, superseding whatever mapped them before.
 
         Old extents partly covered are cut; contiguous neighbours merge; refcounts follow,
@@ -939,7 +956,6 @@ class Index:
         the size first), and reference existing, live segments.
         """
         new = self._checked_rows(ino, rows)
-        now = self._now(now_ns)
         with self._txn:
             self._check_target(ino, new)
             changes: list[tuple[int, int, int]] = []
@@ -950,25 +966,23 @@ class Index:
                     if r.end >= row.offset
                 ]
                 self._replace_rows(old, layout.splice(old, row), changes)
-            self._apply_refcounts(changes, now)
+            self._apply_refcounts(changes)
 
-    def replace_extents(self, ino: int, rows: Iterable[ExtentRow], *, now_ns: int | None = None) -> None:
+    def replace_extents(self, ino: int, rows: Iterable[ExtentRow]) -> None:
         """Make `rows` (non-overlapping) the file's WHOLE extent map: bytes they do not
         cover become holes. Refcounts are netted over the old and new maps together, so a
         segment both reference never dies in between. Same rules as set_extents."""
         new = layout.coalesced(self._checked_rows(ino, rows))
-        now = self._now(now_ns)
         with self._txn:
             self._check_target(ino, new)
             changes: list[tuple[int, int, int]] = []
             self._replace_rows(self.extents(ino), new, changes)
-            self._apply_refcounts(changes, now)
+            self._apply_refcounts(changes)
 
-    def punch_hole(self, ino: int, start: int, end: int, *, now_ns: int | None = None) -> None:
+    def punch_hole(self, ino: int, start: int, end: int) -> None:
         """Unmap file bytes [start, end) (they read as zeros); the size does not change."""
         if not 0 <= start <= end:
             raise ValueError("need 0 <= start <= end")
-        now = self._now(now_ns)
         with self._txn:
             if start == end:
                 return
@@ -979,7 +993,7 @@ class Index:
             ]
             changes: list[tuple[int, int, int]] = []
             self._replace_rows(old, layout.punched(old, start, end), changes)
-            self._apply_refcounts(changes, now)
+            self._apply_refcounts(changes)
 
     @staticmethod
     def _checked_rows(ino: int, rows: Iterable[ExtentRow]) -> list[ExtentRow]:
@@ -1020,7 +1034,7 @@ class Index:
                 self._w(_INSERT_EXTENT, r)
                 changes.append((r.segment, r.last_segment, 1))
 
-    def _cut_extents(self, ino: int, size: int, now: int) -> None:
+    def _cut_extents(self, ino: int, size: int) -> None:
         old = [
             r for r in map(ExtentRow._make, self._q(SQL["extents_near"], (ino, 1 << 62, size))) if r.end > size
         ]
@@ -1028,27 +1042,21 @@ class Index:
             return
         changes: list[tuple[int, int, int]] = []
         self._replace_rows(old, layout.truncated(old, size), changes)
-        self._apply_refcounts(changes, now)
+        self._apply_refcounts(changes)
 
-    def _apply_refcounts(self, changes: list[tuple[int, int, int]], now: int) -> None:
-        minute = None
+    def _apply_refcounts(self, changes: list[tuple[int, int, int]]) -> None:
         for lo, hi, delta in layout.net_deltas(changes):
             self._w("UPDATE segments SET refcount = refcount + ? WHERE id BETWEEN ? AND ?", (delta, lo, hi))
             if delta < 0:
-                if minute is None:
-                    minute = self._minute(now)
-                self._bury(lo, hi, minute)
+                self._bury(lo, hi)
 
-    def _bury(self, lo: int, hi: int, minute: int) -> None:
+    def _bury(self, lo: int, hi: int) -> None:
         """Segments in [lo, hi] that no extent references become dead; their stored bytes
         (if they were ever posted) move from stored to garbage."""
-        dying = self._q(SQL["dying"], (lo, hi)).fetchall()
+        dying = self._q(SQL["dying"], (self.segment_size, lo, hi)).fetchall()
         if not dying:
             return
-        self._w(
-            "UPDATE segments SET state = 4, checked_min = ? WHERE id BETWEEN ? AND ? AND refcount <= 0 AND state != 4",
-            (minute, lo, hi),
-        )
+        self._w("UPDATE segments SET state = 4 WHERE id BETWEEN ? AND ? AND refcount <= 0 AND state != 4", (lo, hi))
         for state, n, stored in dying:
             self._set_state(state, DEAD, n)
             self._c["stored_bytes"] -= stored
@@ -1088,4 +1096,4 @@ class Index:
         return [r[3] for r in self._q("EXPLAIN QUERY PLAN " + sql, params)]
 
 
-__all__ = ["Index", "IndexError_"]
+__all__ = ["Index", "SQL"]
