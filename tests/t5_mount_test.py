@@ -239,3 +239,44 @@ def test_server_down_while_writing(volume):
     volume.run("cache", "clear", "vol")
     volume.mount()
     assert (volume.mountpoint / "offline.bin").read_bytes() == data
+
+
+def test_restore_on_a_new_machine_from_the_server_alone(volume, tmp_path):
+    """Lose the machine: only the volume id and the passphrase survive."""
+    import json
+    tree = volume.mountpoint / "keep"
+    tree.mkdir()
+    (tree / "a.txt").write_text("precious\n")
+    (tree / "big.bin").write_bytes(os.urandom(2_500_000))
+    expected = tree_digest(tree)
+    volume.umount()  # posts the data, then the index backup
+    volume_id = json.loads((volume.home / "config/volumes/vol/volume.json").read_text())["volume_id"]
+
+    other = tmp_path / "other-machine"
+    other.mkdir()
+    env = {**os.environ, "USENETFS_HOME": str(other / "home")}
+    restored = subprocess.run(
+        [sys.executable, "-m", "usenetfs.cli.main", "restore", "vol", "--volume-id", volume_id,
+         "--server", volume.server.url, "--passphrase-file", str(volume.passphrase_file)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert restored.returncode == 0, restored.stderr
+    mnt = other / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        [sys.executable, "-m", "usenetfs.cli.main", "mount", "vol", str(mnt), "--passphrase-file",
+         str(volume.passphrase_file)], env=env, capture_output=True, text=True, timeout=120)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        assert tree_digest(mnt / "keep") == expected
+    finally:
+        subprocess.run([sys.executable, "-m", "usenetfs.cli.main", "umount", str(mnt), "--no-wait"],
+                       env=env, capture_output=True, timeout=120)
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it\n")
+    failed = subprocess.run(
+        [sys.executable, "-m", "usenetfs.cli.main", "restore", "again", "--volume-id", volume_id,
+         "--server", volume.server.url, "--passphrase-file", str(wrong)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "no backup of this volume" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

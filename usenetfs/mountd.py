@@ -59,6 +59,7 @@ class MountRequest:
     gid: int | None = None
     umask: int | None = None
     notify_systemd: bool = False
+    bootstrap_keys: VolumeKeys | None = None  # from the passphrase: lets backups post the bootstrap
 
 
 def mount(request: MountRequest) -> int:
@@ -158,7 +159,13 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                                                 "control": str(volume.control_socket)})
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)
-                    await nursery.start(_control_server, volume.control_socket, data, client)
+                    async def run_backup() -> dict:
+                        from .backup import backup
+                        seq = await backup(volume, volume.load(), request.keys, client,
+                                           request.bootstrap_keys)
+                        return {"ok": True, "backup": seq}
+
+                    await nursery.start(_control_server, volume.control_socket, data, client, run_backup)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
                     _signal_ready(ready_fd, "ok")
@@ -211,8 +218,9 @@ async def _preflight(config, tries: int = 3) -> None:
         return
 
 
-async def _control_server(path, data, client, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer `status` and `flush` on a Unix socket (owner-only)."""
+async def _control_server(path, data, client, run_backup, *,
+                          task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answer `status`, `flush` and `backup` on a Unix socket (owner-only)."""
     _remove(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener.bind(str(path))
@@ -222,10 +230,10 @@ async def _control_server(path, data, client, *, task_status=trio.TASK_STATUS_IG
     async with trio.open_nursery() as nursery:
         while True:
             sock, _ = await listener.accept()
-            nursery.start_soon(_control_session, trio.SocketStream(sock), data, client)
+            nursery.start_soon(_control_session, trio.SocketStream(sock), data, client, run_backup)
 
 
-async def _control_session(stream: trio.SocketStream, data, client) -> None:
+async def _control_session(stream: trio.SocketStream, data, client, run_backup) -> None:
     async with stream:
         buffer = b""
         while b"\n" not in buffer:
@@ -262,6 +270,12 @@ async def _control_session(stream: trio.SocketStream, data, client) -> None:
                 await data.flush_all(progress)
                 finished.set()
             await send({"ok": True, "pending": data.pending()})
+        elif op == "backup":
+            try:
+                await send(await run_backup())
+            except Exception as error:  # noqa: BLE001 - reported to the caller, logged here
+                log.exception("index backup failed")
+                await send({"error": f"index backup failed: {error}"})
         else:
             await send({"error": f"unknown request {op!r}"})
 

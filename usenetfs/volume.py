@@ -14,6 +14,7 @@ Everything here is synchronous and small; nothing talks to a server.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import hmac
 import json
 import os
@@ -48,6 +49,7 @@ class VolumeSettings:
     cache_bytes: int = 256 << 20
     staging_limit: int = 4 << 30
     learned_connection_limit: int | None = None
+    last_backup: int = 0  # number of the newest index backup posted (usenetfs.backup)
     created: float = field(default_factory=time.time)
 
 
@@ -84,7 +86,17 @@ class Volume:
 
     @property
     def control_socket(self) -> Path:
-        return self.data_dir / "control.sock"
+        """The mount daemon's socket. Unix socket paths are limited to 107 bytes, so a deep
+        data directory gets one in a private directory under /tmp instead."""
+        path = self.data_dir / "control.sock"
+        if len(os.fsencode(path)) <= 100:
+            return path
+        private = Path(f"/tmp/usenetfs-{os.getuid()}")
+        private.mkdir(mode=0o700, exist_ok=True)
+        if private.stat().st_uid != os.getuid() or private.stat().st_mode & 0o077:
+            raise UserError(f"{private} is not a private directory of this user")
+        digest = hashlib.sha256(os.fsencode(self.data_dir)).hexdigest()[:20]
+        return private / f"{digest}.sock"
 
     @property
     def log_file(self) -> Path:

@@ -58,6 +58,18 @@ def register(commands) -> None:
     clear.add_argument("volume", nargs="?", default=DEFAULT_NAME)
     clear.set_defaults(handler=_cache_clear)
 
+    restore = commands.add_parser("restore", help="rebuild a volume from its backup on the server",
+                                  description="Rebuild a volume's keys, settings and index from the "
+                                  "server alone, with its id and passphrase (for a lost machine).")
+    restore.add_argument("name", nargs="?", default=DEFAULT_NAME, help="name for the volume here")
+    restore.add_argument("--volume-id", required=True, metavar="ID", help="the 32-hex-digit volume id")
+    restore.add_argument("--server", metavar="URL", help="server URL (as for init)")
+    restore.add_argument("--local", action="store_true", help="use the local INN server")
+    restore.add_argument("--passphrase-file", metavar="F")
+    restore.add_argument("--password-file", metavar="F")
+    restore.add_argument("--ca-file", metavar="F")
+    restore.set_defaults(handler=_restore)
+
     fsck = commands.add_parser("fsck", help="check the index and repair what can be repaired")
     fsck.add_argument("volume", nargs="?", default=DEFAULT_NAME)
     fsck.add_argument("--no-repair", action="store_true", help="only report")
@@ -123,9 +135,12 @@ def _mount(args) -> int:
     options = parse_mount_options(args.options)
     volume = Volume(_home(args), name)
     volume.load()  # a clear error for a volume that doesn't exist, before the passphrase
-    keys = volume.unlock(read_passphrase(args.passphrase_file))
+    from ..backup import bootstrap_keys
+    passphrase = read_passphrase(args.passphrase_file)
+    keys = volume.unlock(passphrase)
+    bootstrap = bootstrap_keys(passphrase, bytes.fromhex(volume.load().volume_id))
     request = MountRequest(volume=volume, keys=keys, mountpoint=mountpoint,
-                           foreground=args.foreground, **options)
+                           foreground=args.foreground, bootstrap_keys=bootstrap, **options)
     return mount(request)
 
 
@@ -152,6 +167,7 @@ def _umount(args) -> int:
         trio.run(control_request, volume, "flush", progress)
         if tty:
             print(file=sys.stderr)
+        trio.run(control_request, volume, "backup")  # so a lost machine doesn't lose the volume
     _fusermount_unmount(info["mountpoint"])
     _wait_for_exit(info.get("pid"), 60)
     return 0
@@ -187,6 +203,45 @@ def _offline_volume(args, name: str) -> Volume:
         if process_alive(info.get("pid")):
             raise UserError(f"volume {name!r} is mounted at {info['mountpoint']}: unmount it first")
     return volume
+
+
+def _restore(args) -> int:
+    from ..backup import restore
+    from ..nntp.client import NNTPClient
+    from ..nntp.config import parse_server_url
+    from ..nntp.retry import scaled_policies
+    if bool(args.server) == bool(args.local):
+        raise UserError("give either --server URL or --local")
+    home = _home(args)
+    server = None
+    if args.local:
+        from ..innserver import InnServer
+        server = InnServer(home.ensure().local_server_dir)
+        started_here = not server.is_running()
+        server.start()
+        url, servers = server.url, [LOCAL_SERVER]
+    else:
+        url = args.server
+    config = parse_server_url(url, password_file=args.password_file, ca_file=args.ca_file)
+    if not args.local:
+        servers = [config.describe() + ("?starttls=1" if config.starttls else "")]
+    passphrase = read_passphrase(args.passphrase_file)
+
+    async def run():
+        async with NNTPClient(config, policies=scaled_policies(0.1)) as client:
+            return await restore(home, args.name, args.volume_id, passphrase, client, servers)
+
+    try:
+        volume, seq = trio.run(run)
+    finally:
+        if server is not None and started_here:
+            server.stop()
+    if config.password and not args.local:
+        from ..volume import _write_json
+        _write_json(volume.secrets_file, {config.describe(): config.password})
+    print(f"restored volume {volume.name!r} from index backup {seq}; mount it with "
+          f"'usenetfs mount {volume.name} MOUNTPOINT'")
+    return 0
 
 
 def _cache_clear(args) -> int:
