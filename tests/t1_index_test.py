@@ -1171,3 +1171,15 @@ IndexMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_random_operations = IndexMachine.TestCase
+
+
+def test_orphans_are_listed_for_deletion_at_mount(tmp_path):
+    index = Index.create(tmp_path / "orphans.sqlite")
+    kept = index.make_node(ROOT_INODE, b"kept", stat.S_IFREG | 0o644, 0, 0)
+    gone = index.make_node(ROOT_INODE, b"gone", stat.S_IFREG | 0o644, 0, 0)
+    index.unlink(ROOT_INODE, b"gone")  # still open when the mount crashed
+    assert index.orphans() == [gone.id]
+    index.delete_inode(gone.id)
+    assert index.orphans() == [] and index.get_inode(kept.id).nlink == 1
+    assert index.fsck() == []
+    index.close()

@@ -213,8 +213,16 @@ def test_kill_9_during_uploads_loses_nothing(volume):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    orphan = volume.mountpoint / "unlinked-while-open"
+    orphan.write_bytes(b"gone soon")
+    held = open(orphan, "rb")
+    orphan.unlink()  # open and nameless when the daemon dies: an orphan for the next mount
     time.sleep(0.5)  # uploads are starting or in flight
     os.kill(volume.daemon_pid(), signal.SIGKILL)
+    try:
+        held.close()
+    except OSError:
+        pass
     subprocess.run(["fusermount3", "-uz", str(volume.mountpoint)], capture_output=True)
     time.sleep(0.2)
     volume.mount()  # resumes the uploads

@@ -130,6 +130,8 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())
+        for ino in index.orphans():  # unlinked while open when the last mount crashed
+            index.delete_inode(ino)  # its staging file, if any, is dropped by recover()
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
         async with NNTPClient(config, pool) as client:
             # Read back at once, then back off while the server answers 430: a fixed

@@ -510,6 +510,13 @@ class Index:
         attributes (e.g. mtime_ns, ctime_ns) may change in the same transaction."""
         return self.update_inode(ino, size=size, **fields)
 
+    def orphans(self) -> list[int]:
+        """Inodes with no name left (nlink 0): files unlinked while open when a mount ended
+        without forgetting them (a crash). At mount time nothing holds them: delete them.
+        A scan of the inode table (about 0.1 s per million inodes), once per mount."""
+        return [row[0] for row in self._q("SELECT id FROM inodes WHERE nlink = 0 AND id != ?",
+                                           (ROOT_INODE,))]
+
     def delete_inode(self, ino: int) -> None:
         """Delete an unlinked inode with its xattrs, symlink target and extents (call it
         from forget, once nlink is 0 and the kernel holds no reference)."""
