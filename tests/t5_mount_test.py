@@ -256,8 +256,14 @@ def test_restore_on_a_new_machine_from_the_server_alone(volume, tmp_path):
     tree.mkdir()
     (tree / "a.txt").write_text("precious\n")
     (tree / "big.bin").write_bytes(os.urandom(2_500_000))
-    expected = tree_digest(tree)
     volume.umount()  # posts the data, then the index backup
+    for round in range(3):  # later backups supersede earlier ones; restore takes the newest
+        volume.mount()
+        (tree / f"later{round}.txt").write_text(f"written before backup {round + 2}\n")
+        volume.umount()
+    volume.mount()
+    expected = tree_digest(tree)
+    volume.umount()
     volume_id = json.loads((volume.home / "config/volumes/vol/volume.json").read_text())["volume_id"]
 
     other = tmp_path / "other-machine"

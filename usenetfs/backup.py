@@ -3,10 +3,12 @@
 Three kinds of article, all ordinary-looking, encrypted and under derived Message-IDs:
 
 - **chunks**: a consistent snapshot of the index (SQLite's backup API), cut into ~700 KiB
-  pieces, each a `KIND_INDEX` segment numbered `seq << 24 | i`, encrypted under a key derived
-  from the volume's index key;
-- **a manifest** per backup, `KIND_INDEX` number `MANIFEST_BASE | seq`: how many chunks, the
-  snapshot's size and SHA-256;
+  pieces, each a `KIND_INDEX` segment numbered `seq << 24 | attempt << 16 | i`, encrypted
+  under a key derived from the volume's index key. The attempt number is recorded before
+  anything is posted, so chunks of a failed attempt are never mistaken for a later one's;
+- **a manifest** per backup, `KIND_INDEX` number `MANIFEST_BASE | seq`, posted last, only
+  once every chunk is verified, so backup numbers with a manifest have no gaps: how many
+  chunks, which attempt, the snapshot's size and SHA-256;
 - **the bootstrap**: the passphrase-wrapped key envelope and the settings. Restoring starts
   with nothing but the passphrase and the volume id, so its id and key come from
   `scrypt(passphrase, salt = volume id)`. What it exposes to anyone is what `key.json` holds:
@@ -105,22 +107,30 @@ async def backup(volume: Volume, settings: VolumeSettings, keys: VolumeKeys, cli
     scope = bytes.fromhex(settings.volume_id)
     data = await trio.to_thread.run_sync(snapshot, volume.index_file)
     seq = settings.last_backup + 1
+    attempt = settings.backup_attempts  # recorded before posting: intent first
+    settings.backup_attempts = (attempt + 1) % 256
+    volume.save(settings)
     poster = ArticlePoster(client, VerifyOptions(delay=0.0, tries=6, interval=1.0))
     chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+    if len(chunks) > 1 << 16:
+        raise UserError("the index is too large for one backup (more than 65,536 chunks)")
     async with trio.open_nursery() as nursery:
         for number, chunk in enumerate(chunks):
-            nursery.start_soon(_post, poster, keys, SegmentId(scope, KIND_INDEX, seq << 24 | number),
+            nursery.start_soon(_post, poster, keys, _chunk_id(scope, seq, attempt, number),
                                chunk, settings.group)
-    manifest = {"seq": seq, "chunks": len(chunks), "size": len(data),
+    manifest = {"seq": seq, "attempt": attempt, "chunks": len(chunks), "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest()}
     await _post(poster, keys, SegmentId(scope, KIND_INDEX, MANIFEST_BASE | seq),
                 json.dumps(manifest).encode(), settings.group)
-    if passphrase_keys is not None:
+    bootstrap_id = SegmentId(scope, KIND_INDEX, BOOTSTRAP_NUMBER)
+    if passphrase_keys is not None and await _fetch(client, passphrase_keys, bootstrap_id) is None:
+        # Posted once per passphrase (a new passphrase derives new ids): re-posting it would
+        # make a new encryption of it each time, which read-back rightly calls different.
         stored = json.loads(volume.key_file.read_text())
         bootstrap = {"envelope": stored["envelope"], "key_check": stored["key_check"],
                      "settings": asdict(settings)}
-        await _post(poster, passphrase_keys, SegmentId(scope, KIND_INDEX, BOOTSTRAP_NUMBER),
-                    json.dumps(bootstrap).encode(), settings.group)
+        await _post(poster, passphrase_keys, bootstrap_id, json.dumps(bootstrap).encode(),
+                    settings.group)
     settings.last_backup = seq
     volume.save(settings)
     log.info("index backup %d posted: %d bytes in %d articles", seq, len(data), len(chunks))
@@ -153,7 +163,7 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
     chunks: list[bytes | None] = [None] * manifest["chunks"]
 
     async def get(number: int) -> None:
-        chunks[number] = await _fetch(client, keys, SegmentId(scope, KIND_INDEX, seq << 24 | number))
+        chunks[number] = await _fetch(client, keys, _chunk_id(scope, seq, manifest["attempt"], number))
 
     async with trio.open_nursery() as nursery:
         for number in range(manifest["chunks"]):
@@ -175,6 +185,10 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
     os.replace(tmp, volume.index_file)
     volume.save(settings)
     return volume, seq
+
+
+def _chunk_id(scope: bytes, seq: int, attempt: int, number: int) -> SegmentId:
+    return SegmentId(scope, KIND_INDEX, seq << 24 | attempt << 16 | number)
 
 
 async def _newest_backup(client: NNTPClient, keys: VolumeKeys, scope: bytes) -> int:

@@ -50,6 +50,7 @@ class VolumeSettings:
     staging_limit: int = 4 << 30
     learned_connection_limit: int | None = None
     last_backup: int = 0  # number of the newest index backup posted (usenetfs.backup)
+    backup_attempts: int = 0  # attempts made so far (mod 256): keeps chunk ids of attempts apart
     created: float = field(default_factory=time.time)
 
 

@@ -167,7 +167,11 @@ def _umount(args) -> int:
         trio.run(control_request, volume, "flush", progress)
         if tty:
             print(file=sys.stderr)
-        trio.run(control_request, volume, "backup")  # so a lost machine doesn't lose the volume
+        try:  # so a lost machine doesn't lose the volume
+            trio.run(control_request, volume, "backup")
+        except UserError as error:  # the data is posted: don't keep the mount hostage
+            print(f"usenetfs: warning: {error}; unmounting anyway (the next umount tries again)",
+                  file=sys.stderr)
     _fusermount_unmount(info["mountpoint"])
     _wait_for_exit(info.get("pid"), 60)
     return 0
