@@ -43,12 +43,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(levelname)s: %(message)s")
     try:
         return args.handler(args) or EXIT_OK
-    except UserError as error:
+    except BaseException as raised:  # noqa: BLE001 - sorted below; bugs are re-raised
+        error = _user_error(raised)
+        if isinstance(error, KeyboardInterrupt):
+            print("usenetfs: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if error is None:
+            raise
         print(f"usenetfs: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("usenetfs: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+
+def _user_error(raised: BaseException) -> UserError | KeyboardInterrupt | None:
+    """The UserError (or Ctrl-C) behind `raised`, looking inside exception groups that
+    concurrent tasks produce; None if anything else is in there (a bug: show it)."""
+    if isinstance(raised, (UserError, KeyboardInterrupt)):
+        return raised
+    if isinstance(raised, BaseExceptionGroup):
+        found = [_user_error(inner) for inner in raised.exceptions]
+        if found and all(item is not None for item in found):
+            return found[0]
+    return None
 
 
 if __name__ == "__main__":

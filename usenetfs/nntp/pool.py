@@ -89,11 +89,14 @@ class ConnectionPool:
         self._nursery.start_soon(self._maintain)
         return self
 
-    async def __aexit__(self, *exc_info) -> bool | None:
+    async def __aexit__(self, *exc_info) -> bool:
         await self.aclose()
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(*exc_info)
+        # The body's exception is not the maintenance nursery's: handing it in would wrap it
+        # in an ExceptionGroup (strict exception groups, trio >= 0.25). Let it pass as is.
+        await self._nursery_manager.__aexit__(None, None, None)
+        return False
 
     async def aclose(self) -> None:
         """QUIT every idle connection; connections in use are closed when released."""
