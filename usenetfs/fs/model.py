@@ -616,23 +616,22 @@ class FsModel:
         self.row(ino)
         return self.index.list_xattrs(ino)
 
-    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+    def _check_xattr_change(self, ino: int, name: bytes) -> None:
         self._writable()
         self._user_ns(name)
         if name.startswith(_RESERVED_XATTR_PREFIX):
             raise FsError(errno.EPERM, "user.usenetfs.* attributes are read-only")
         self._xattr_target(ino, True)
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._check_xattr_change(ino, name)
         with self.index.batch():
             self.index.set_xattr(ino, name, value)
             self.index.update_inode(ino, ctime_ns=self._clock())
         self._refresh(ino)
 
     def remove_xattr(self, ino: int, name: bytes) -> None:
-        self._writable()
-        self._user_ns(name)
-        if name.startswith(_RESERVED_XATTR_PREFIX):
-            raise FsError(errno.EPERM, "user.usenetfs.* attributes are read-only")
-        self._xattr_target(ino, True)
+        self._check_xattr_change(ino, name)
         with self.index.batch():
             self.index.remove_xattr(ino, name)
             self.index.update_inode(ino, ctime_ns=self._clock())
