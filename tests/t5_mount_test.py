@@ -294,3 +294,25 @@ def test_restore_on_a_new_machine_from_the_server_alone(volume, tmp_path):
         env=env, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "no backup of this volume" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_index_is_backed_up_while_mounted_once_changes_settle(make_inn, tmp_path):
+    import json
+    server = make_inn()
+    mount = Mount(tmp_path, server.url)
+    settings_file = mount.home / "config/volumes/vol/volume.json"
+    settings = json.loads(settings_file.read_text())
+    settings.update(backup_settle_seconds=1.0, backup_min_interval=0.0)
+    settings_file.write_text(json.dumps(settings))
+    mount.mount()
+    try:
+        (mount.mountpoint / "note.txt").write_text("backed up without an unmount\n")
+        deadline = time.monotonic() + 60
+        while json.loads(settings_file.read_text())["last_backup"] < 1:
+            assert time.monotonic() < deadline, "no backup while mounted" + mount.log_tail()
+            time.sleep(0.2)
+        first = json.loads(settings_file.read_text())["last_backup"]
+        time.sleep(3)  # nothing changed since: no further backup
+        assert json.loads(settings_file.read_text())["last_backup"] == first
+    finally:
+        mount.cleanup()

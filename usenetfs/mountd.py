@@ -161,12 +161,16 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                                                 "control": str(volume.control_socket)})
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)
+                    backup_lock = trio.Lock()  # one backup at a time (umount's and the timer's)
+
                     async def run_backup() -> dict:
                         from .backup import backup
-                        seq = await backup(volume, volume.load(), request.keys, client,
-                                           request.bootstrap_keys)
+                        async with backup_lock:
+                            seq = await backup(volume, volume.load(), request.keys, client,
+                                               request.bootstrap_keys)
                         return {"ok": True, "backup": seq}
 
+                    nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     await nursery.start(_control_server, volume.control_socket, data, client, run_backup)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -180,9 +184,11 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     await operations.close()
                     nursery.cancel_scope.cancel()
                 learned = client.pool.learned_limit
-                if learned and learned != settings.learned_connection_limit:
-                    settings.learned_connection_limit = learned
-                    volume.save(settings)
+                if learned:
+                    current = volume.load()  # backups updated it meanwhile: don't save a stale copy
+                    if learned != current.learned_connection_limit:
+                        current.learned_connection_limit = learned
+                        volume.save(current)
             finally:
                 pyfuse3.close(unmount=True)
                 _remove(volume.mount_file)
@@ -198,6 +204,50 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             index.close()
         if local_server is not None:
             local_server.stop()
+
+
+async def _backup_when_settled(volume: Volume, data, run_backup) -> None:
+    """Back the index up while mounted: once it has not changed for `backup_settle_seconds`,
+    nothing is waiting to be posted, and the last backup is `backup_min_interval` old.
+
+    "Changed" is read from the index files' sizes and times (the WAL grows with every
+    commit), which costs two stat() calls per look.
+    """
+    settings = volume.load()
+    last_backup_at = trio.current_time()
+    seen = _index_signature(volume)
+    changed_at: float | None = None
+    backed_up = seen
+    while True:
+        await trio.sleep(max(0.2, min(settings.backup_settle_seconds, 30.0) / 2))
+        now = trio.current_time()
+        current = _index_signature(volume)
+        if current != seen:
+            seen, changed_at = current, now
+            continue
+        if (changed_at is None or current == backed_up
+                or now - changed_at < settings.backup_settle_seconds
+                or now - last_backup_at < settings.backup_min_interval
+                or any(data.pending().values())):
+            continue
+        try:
+            await run_backup()
+        except Exception:  # noqa: BLE001 - logged; the next settle tries again
+            log.exception("periodic index backup failed")
+        last_backup_at = trio.current_time()
+        backed_up = seen = _index_signature(volume)  # the backup itself touched nothing
+        changed_at = None
+
+
+def _index_signature(volume: Volume) -> tuple:
+    out = []
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(f"{volume.index_file}{suffix}")
+            out.append((st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
 
 
 async def _preflight(config, tries: int = 3) -> None:

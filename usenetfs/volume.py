@@ -51,6 +51,8 @@ class VolumeSettings:
     learned_connection_limit: int | None = None
     last_backup: int = 0  # number of the newest index backup posted (usenetfs.backup)
     backup_attempts: int = 0  # attempts made so far (mod 256): keeps chunk ids of attempts apart
+    backup_settle_seconds: float = 60.0  # back up while mounted once changes have settled this long
+    backup_min_interval: float = 600.0  # and at most this often
     created: float = field(default_factory=time.time)
 
 
