@@ -23,6 +23,7 @@ import pytest
 from usenetfs import innserver
 from usenetfs.errors import UserError
 from usenetfs.innserver import InnServer, free_port
+from usenetfs.process import process_alive
 
 pytestmark = pytest.mark.inn
 
@@ -120,7 +121,7 @@ def test_stop_leaves_no_process_and_is_quick(make_inn):
     server.stop()
     stopped = time.monotonic() - t0
     assert server.pids == set()
-    assert not any(innserver._alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     assert idle.sock.recv(1) == b""
     with pytest.raises(ConnectionRefusedError):
         Conn(server.port)

@@ -33,10 +33,12 @@ import trio
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .codec.article import build_article
+from .codec.errors import CodecError
 from .codec.segment import KIND_INDEX, SegmentCodec, SegmentId
 from .errors import UserError
 from .home import Home
-from .keys import VolumeKeys
+from .keys import VolumeKeys, unwrap_envelope
+from .nntp import errors as E
 from .nntp.client import NNTPClient
 from .nntp.posting import ArticlePoster, VerifyOptions
 from .store.base import segment_key
@@ -75,8 +77,6 @@ async def _post(poster: ArticlePoster, keys: VolumeKeys, ident: SegmentId, paylo
 
 async def _fetch(client: NNTPClient, keys: VolumeKeys, ident: SegmentId, generations: int = 3) -> bytes | None:
     """The first generation of `ident` that exists and decodes, or None."""
-    from .codec.errors import CodecError
-    from .nntp import errors as E
     for generation in range(generations):
         try:
             body = await client.body(keys.message_id(ident, generation))
@@ -153,7 +153,6 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
     if raw is None:
         raise UserError("no backup of this volume found on the server (wrong volume id or passphrase?)")
     bootstrap = json.loads(raw)
-    from .keys import unwrap_envelope
     master = await trio.to_thread.run_sync(unwrap_envelope, bootstrap["envelope"], passphrase)
     keys = VolumeKeys(master)
     seq = await _newest_backup(client, keys, scope)

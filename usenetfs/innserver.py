@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from usenetfs.errors import UserError
+from usenetfs.process import process_alive
 
 INN_BIN = Path("/usr/lib/news/bin")
 NEWS_USER = "news"
@@ -155,14 +156,6 @@ access "loopback" {
 # -- processes, by PID only -------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
-    except OSError:
-        return False
-
-
 def _pids_with_marker(datadir: Path) -> set[int]:
     """Live processes whose environment names this data directory."""
     needle = f"{MARKER}={datadir}".encode()
@@ -192,7 +185,7 @@ def _terminate(pids: Iterable[int], grace: float = 2.0) -> None:
         for pid in pids:
             _kill(pid, sig)
         deadline = time.monotonic() + grace
-        while (pids := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
+        while (pids := {p for p in pids if process_alive(p)}) and time.monotonic() < deadline:
             time.sleep(0.005)
         if not pids:
             return
@@ -348,7 +341,7 @@ class InnServer:
     def is_running(self) -> bool:
         """Whether an innd of this datadir runs, started by this object or by another (in
         any process). If so, this object learns its PID and, unless given one, its port."""
-        if self._innd_pid is not None and _alive(self._innd_pid):
+        if self._innd_pid is not None and process_alive(self._innd_pid):
             return True
         pid = self._pidfile_pid()
         if pid is None or pid not in self.pids:
@@ -381,7 +374,7 @@ class InnServer:
 
     def start(self) -> None:
         """Start innd, or adopt the one already running in datadir, and wait until it greets."""
-        if self._innd_pid is not None and _alive(self._innd_pid):
+        if self._innd_pid is not None and process_alive(self._innd_pid):
             return
         for tool in ("innd", "nnrpd", "ctlinnd", "makedbz"):
             if not os.access(INN_BIN / tool, os.X_OK):
@@ -414,7 +407,7 @@ class InnServer:
             # when innd's select() times out, -t 10.)
             result = self._as_news([str(INN_BIN / "ctlinnd"), "-s", "-t", "5", "shutdown", "usenetfs stop"], check=False)
             deadline = time.monotonic() + (5 if result.returncode == 0 else 0)
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 if self._shut_down(pid):
                     # innd has closed every file and now sleeps one second before removing
                     # its pidfile and exiting: skip the sleep, remove the pidfile ourselves.
@@ -469,7 +462,7 @@ class InnServer:
         """Wait until `pid` listens on our port, then check that a connection gets "200"."""
         deadline = time.monotonic() + timeout
         while not _owns_listener(pid, self.port):
-            if not _alive(pid):
+            if not process_alive(pid):
                 # innd reports most fatal errors only to syslog; a bind failure goes to errlog.
                 why = _first_line(_read_from(errlog, offset)) or _first_line(_read_from(self.log / "innd.stderr"))
                 if "Address already in use" in why:

@@ -23,12 +23,11 @@ import unicodedata
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .codec.article import pseudo_word
+from .codec.kdf import hkdf
 from .codec.segment import SegmentId
 from .errors import UserError
 
@@ -171,10 +170,6 @@ def rewrap_envelope(
     return _wrap(master_key, new_passphrase, envelope["log_n"] if log_n is None else log_n)
 
 
-def _hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
-
-
 class VolumeKeys:
     """The subkeys of one volume master key, and its Message-IDs. Immutable; thread safe."""
 
@@ -183,10 +178,10 @@ class VolumeKeys:
     def __init__(self, master_key: bytes, *, domain: str | None = None) -> None:
         if not isinstance(master_key, bytes) or len(master_key) != KEY_SIZE:
             raise ValueError("master key must be 32 bytes")
-        self.data_key = _hkdf(master_key, b"usenetfs/v1/data")
-        self.index_key = _hkdf(master_key, b"usenetfs/v1/index")
-        self.locate_key = _hkdf(master_key, b"usenetfs/v1/msgid")
-        self._key_check = _hkdf(master_key, b"usenetfs/v1/keycheck", 16)
+        self.data_key = hkdf(master_key, b"usenetfs/v1/data")
+        self.index_key = hkdf(master_key, b"usenetfs/v1/index")
+        self.locate_key = hkdf(master_key, b"usenetfs/v1/msgid")
+        self._key_check = hkdf(master_key, b"usenetfs/v1/keycheck", 16)
         if domain is None:
             self.domain = self._derive_domain()
         else:

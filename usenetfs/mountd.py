@@ -38,7 +38,8 @@ from .nntp import errors as E
 from .nntp.client import NNTPClient, PoolOptions
 from .nntp.connection import NNTPConnection
 from .nntp.posting import VerifyOptions
-from .volume import Volume, _write_json
+from .process import process_alive
+from .volume import LOCAL_SERVER, Volume, _write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     try:
         settings = volume.load()
         local_url = None
-        if volume.uses_local_server:
+        if LOCAL_SERVER in settings.servers:
             from .innserver import InnServer
             local_server = InnServer(volume.home.ensure().local_server_dir)
             if local_server.is_running():  # started by `server start`: not ours to stop
@@ -439,18 +440,6 @@ def _redirect_stdio(log_file) -> None:
     os.close(null)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
-
-
-def process_alive(pid) -> bool:
-    """Is `pid` a running process? A zombie (killed, not yet reaped) is not."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _kill_quietly(pid: int) -> None:

@@ -180,10 +180,6 @@ class Volume:
             configs.append(config.with_password(passwords.get(config.describe(), config.password)))
         return configs
 
-    @property
-    def uses_local_server(self) -> bool:
-        return LOCAL_SERVER in self.load().servers
-
     def mount_info(self) -> dict | None:
         try:
             return json.loads(self.mount_file.read_text())

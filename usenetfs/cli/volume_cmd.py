@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import trio
 
 from ..errors import UserError
 from ..home import Home
+from ..process import process_alive
 from ..volume import DEFAULT_NAME, LOCAL_SERVER, Volume, find_mounted, list_volumes, read_passphrase
 
 
@@ -34,7 +36,7 @@ def register(commands) -> None:
     init.add_argument("--passphrase-file", metavar="F", help="read the new passphrase from F")
     init.add_argument("--password-file", metavar="F", help="read the server password from F")
     init.add_argument("--ca-file", metavar="F", help="trust this CA or certificate file for TLS")
-    init.add_argument("--kdf-log-n", type=int, default=17, help=argparse_hidden())
+    init.add_argument("--kdf-log-n", type=int, default=17, help=argparse.SUPPRESS)
     init.set_defaults(handler=_init)
 
     mount = commands.add_parser("mount", help="mount a volume (returns once the mount answers)")
@@ -74,11 +76,6 @@ def register(commands) -> None:
     fsck.add_argument("volume", nargs="?", default=DEFAULT_NAME)
     fsck.add_argument("--no-repair", action="store_true", help="only report")
     fsck.set_defaults(handler=_fsck)
-
-
-def argparse_hidden():
-    import argparse
-    return argparse.SUPPRESS
 
 
 def _home(args) -> Home:
@@ -189,7 +186,6 @@ def _fusermount_unmount(mountpoint: str) -> None:
 def _wait_for_exit(pid, seconds: float) -> None:
     if not isinstance(pid, int):
         return
-    from ..mountd import process_alive
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not process_alive(pid):
@@ -203,7 +199,6 @@ def _offline_volume(args, name: str) -> Volume:
     volume.load()
     info = volume.mount_info()
     if info:
-        from ..mountd import process_alive
         if process_alive(info.get("pid")):
             raise UserError(f"volume {name!r} is mounted at {info['mountpoint']}: unmount it first")
     return volume
@@ -256,7 +251,7 @@ def _cache_clear(args) -> int:
         raise UserError("some files are not posted yet: mount the volume and let them upload first")
     index = Index.open(volume.index_file)
     try:
-        pending, posted = index.stats().segments[0], index.stats().segments[1]
+        pending, posted = index.stats().segments[:2]
     finally:
         index.close()
     if pending or posted:

@@ -33,11 +33,10 @@ from functools import cached_property
 
 import zstandard
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import yenc
+from .kdf import hkdf
 from .errors import NotOurArticle, TamperedArticle, TruncatedArticle, WrongKey
 
 KIND_DATA = 0
@@ -141,10 +140,6 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20)
     )
 
 
-def _hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(key)
-
-
 def _scratch(name: str, size: int) -> bytearray:
     """A per-thread bytearray of at least `size` bytes, reused across calls (warm pages)."""
     buf = getattr(_local, name, None)
@@ -203,8 +198,8 @@ class SegmentCodec:
         # an article made with the other cipher reads as WrongKey (a settings mismatch),
         # not as forgery.
         label = cipher.encode()
-        self._aead = aead_cls(_hkdf(key, b"usenetfs/v1/segment/aead/" + label))
-        self._keycheck_key = _hkdf(key, b"usenetfs/v1/segment/keycheck/" + label)
+        self._aead = aead_cls(hkdf(key, b"usenetfs/v1/segment/aead/" + label))
+        self._keycheck_key = hkdf(key, b"usenetfs/v1/segment/keycheck/" + label)
         self._cipher_byte = bytes((cipher_id,))
         # Largest plaintext (and blob) this codec writes or accepts: a padded codec still
         # reads unpadded articles (and vice versa) within max_plaintext.

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..codec.segment import HEADER_SIZE, SegmentCodec, SegmentId
+from ..codec.kdf import hkdf
 from ..errors import UsenetfsError
 from ..index.rows import SegmentRow
 
@@ -64,9 +63,7 @@ class SegmentStore(Protocol):
 
 def segment_key(data_key: bytes, ident: SegmentId) -> bytes:
     """The 32-byte key segment `ident` is encrypted under."""
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=SEGMENT_KEY_LABEL + ident.to_bytes()
-    ).derive(data_key)
+    return hkdf(data_key, SEGMENT_KEY_LABEL + ident.to_bytes())
 
 
 def pad_to(pad: int | bool | None) -> int | None:
