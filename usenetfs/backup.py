@@ -42,7 +42,7 @@ from .nntp import errors as E
 from .nntp.client import NNTPClient
 from .nntp.posting import ArticlePoster, VerifyOptions
 from .store.base import segment_key
-from .volume import Volume, VolumeSettings, _write_json
+from .volume import Volume, VolumeSettings, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
     settings.name, settings.servers, settings.last_backup = name, servers, seq
     for directory in (volume.config_dir, volume.data_dir, volume.cache_dir):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_json(volume.key_file, {"envelope": bootstrap["envelope"], "key_check": bootstrap["key_check"]})
-    _write_json(volume.secrets_file, {})
+    write_json_atomic(volume.key_file, {"envelope": bootstrap["envelope"], "key_check": bootstrap["key_check"]})
+    write_json_atomic(volume.secrets_file, {})
     tmp = volume.index_file.with_suffix(".restoring")
     tmp.write_bytes(data)
     os.replace(tmp, volume.index_file)

@@ -39,7 +39,7 @@ from .nntp.client import NNTPClient, PoolOptions
 from .nntp.connection import NNTPConnection
 from .nntp.posting import VerifyOptions
 from .process import process_alive
-from .volume import LOCAL_SERVER, Volume, _write_json
+from .volume import LOCAL_SERVER, Volume, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             except RuntimeError as exc:
                 raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
             try:
-                _write_json(volume.mount_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
+                write_json_atomic(volume.mount_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
                                                 "control": str(volume.control_socket)})
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)

@@ -136,8 +136,8 @@ class Volume:
                                   group=group, connections=connections, ca_file=ca_file)
         for directory in (volume.config_dir, volume.data_dir, volume.cache_dir):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_json(volume.key_file, {"envelope": envelope, "key_check": keys.key_check().hex()})
-        _write_json(volume.secrets_file, passwords)
+        write_json_atomic(volume.key_file, {"envelope": envelope, "key_check": keys.key_check().hex()})
+        write_json_atomic(volume.secrets_file, passwords)
         volume.save(settings)
         return volume
 
@@ -153,7 +153,7 @@ class Volume:
         return VolumeSettings(**{k: v for k, v in data.items() if k in known})
 
     def save(self, settings: VolumeSettings) -> None:
-        _write_json(self.settings_file, asdict(settings))
+        write_json_atomic(self.settings_file, asdict(settings))
 
     def unlock(self, passphrase: str) -> VolumeKeys:
         """The volume's keys; WrongPassphrase (one line) if the passphrase is wrong."""
@@ -166,7 +166,7 @@ class Volume:
     def change_passphrase(self, old: str, new: str) -> None:
         stored = json.loads(self.key_file.read_text())
         stored["envelope"] = rewrap_envelope(stored["envelope"], old, new)
-        _write_json(self.key_file, stored)
+        write_json_atomic(self.key_file, stored)
 
     def server_configs(self, settings: VolumeSettings, local_url: str | None = None) -> list[ServerConfig]:
         passwords = json.loads(self.secrets_file.read_text()) if self.secrets_file.exists() else {}
@@ -223,7 +223,7 @@ def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> st
     return passphrase
 
 
-def _write_json(path: Path, data) -> None:
+def write_json_atomic(path: Path, data) -> None:
     """Atomically: temporary file, fsync, rename, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -236,8 +236,8 @@ def _restore(args) -> int:
         if server is not None and started_here:
             server.stop()
     if config.password and not args.local:
-        from ..volume import _write_json
-        _write_json(volume.secrets_file, {config.describe(): config.password})
+        from ..volume import write_json_atomic
+        write_json_atomic(volume.secrets_file, {config.describe(): config.password})
     print(f"restored volume {volume.name!r} from index backup {seq}; mount it with "
           f"'usenetfs mount {volume.name} MOUNTPOINT'")
     return 0
