@@ -187,6 +187,18 @@ def test_migration_runs_each_step_once(path: Path, monkeypatch: pytest.MonkeyPat
         assert "flags" in [r[1] for r in db.execute("PRAGMA table_info(inodes)")]
 
 
+def test_format_1_gets_the_orphans_index(path: Path):
+    Index.create(path).close()
+    with sqlite3.connect(path) as db:  # what a format-1 index looks like
+        db.execute("DROP INDEX inodes_orphans")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+    with Index.open(path) as ix:
+        assert ix.format_version == 2
+    with sqlite3.connect(path) as db:
+        plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM inodes WHERE nlink = 0").fetchall()
+    assert "inodes_orphans" in str(plan)  # the mount's orphan check is not a scan
+
+
 def test_engine_target_in_memory():
     engine = create_engine("sqlite://", poolclass=StaticPool)
     ix = Index.create(engine)

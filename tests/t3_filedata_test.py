@@ -423,6 +423,27 @@ async def test_crash_recovery_adopts_staging_files(index, keys, tmp_path):
         assert await fresh_read(index, store, tmp_path, inos[name]) == content
 
 
+async def test_small_files_recovered_after_a_crash_are_packed_with_their_directory(index, keys, tmp_path):
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()  # nothing gets posted before the "crash"
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        dirs = [fs.mkdir(name) for name in (b"a", b"b")]
+        inos = {(d, i): await fs.write_file(b"f%d" % i, os.urandom(1000 + i), parent=d)
+                for d in dirs for i in range(5)}
+    store.gate.set()
+    data = FileData(index, store, tmp_path / "cache", **FAST)
+    assert await data.recover() == 10
+    async with trio.open_nursery() as nursery:
+        await nursery.start(data.run)
+        await data.flush_all()
+        nursery.cancel_scope.cancel()
+    data.close()
+    segments = {d: {r.segment for (dd, _), ino in inos.items() if dd == d for r in index.extents(ino)}
+                for d in dirs}
+    assert all(len(s) == 1 for s in segments.values())  # one segment per directory
+    assert segments[dirs[0]] != segments[dirs[1]]  # never one across directories
+
+
 async def test_recover_repairs_a_lagging_index_size(index, store, tmp_path):
     # A crash can lose the index's last size update but keep the (fsynced) staging file.
     async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:

@@ -877,7 +877,30 @@ async def test_data_unavailable_is_eio(fs: FS, allow_logs):
     await fs.ops.release(fi.fh)
 
 
-async def test_flush_reports_local_disk_errors_and_retries(fs: FS, allow_logs):
+async def test_size_and_times_of_an_open_file_reach_the_index_at_release_or_fsync(fs: FS):
+    # Writes change size and mtime in memory only (FsModel._update_later); getattr sees them
+    # at once, the index at the last writer's release, or at fsync.
+    fh, ino = await fs.create(b"f")
+    created = fs.index.get_inode(ino)
+    await fs.ops.write(fh, 0, b"x" * 5000)
+    a = await fs.getattr(ino)
+    assert a.st_size == 5000 and a.st_mtime_ns >= created.mtime_ns
+    assert fs.index.get_inode(ino).size == 0  # not yet: no commit per write
+    later = created.mtime_ns + 10**9
+    await fs.ops.setattr(ino, attr(st_mtime_ns=later), fields(mtime=True), fh, CTX)  # the kernel's, at close
+    await fs.ops.fsync(fh, False)
+    row = fs.index.get_inode(ino)
+    assert (row.size, row.mtime_ns) == (5000, later)
+    await fs.ops.write(fh, 5000, b"y")
+    await fs.ops.flush(fh)
+    assert fs.index.get_inode(ino).size == 5000
+    await fs.ops.release(fh)
+    row, a = fs.index.get_inode(ino), await fs.getattr(ino)
+    assert (row.size, row.mtime_ns) == (a.st_size, a.st_mtime_ns) == (5001, row.mtime_ns)
+    assert row.mtime_ns != later  # the last write's time
+
+
+async def test_fsync_reports_local_disk_errors_and_retries(fs: FS, allow_logs):
     allow_logs.append("No space left")
     fh, ino = await fs.create(b"f", b"data")
     real_fsync = fs.data.fsync
@@ -889,17 +912,15 @@ async def test_flush_reports_local_disk_errors_and_retries(fs: FS, allow_logs):
 
     fs.data.fsync = full_disk
     try:
-        with pytest.raises(FUSEError) as e:
-            await fs.ops.flush(fh)  # close() returns this error
-        assert errno_of(e) == errno.ENOSPC
-        with pytest.raises(FUSEError) as e:
-            await fs.ops.fsync(fh, False)  # still not durable: tried again
-        assert errno_of(e) == errno.ENOSPC
+        for _ in range(2):  # still not durable: tried again, and reported again
+            with pytest.raises(FUSEError) as e:
+                await fs.ops.fsync(fh, False)
+            assert errno_of(e) == errno.ENOSPC
         assert calls == [ino, ino]
+        await fs.ops.flush(fh)  # close() does not wait for the disk (see FsModel.flush)
     finally:
         fs.data.fsync = real_fsync
     await fs.ops.fsync(fh, False)
-    await fs.ops.flush(fh)  # nothing written since: no second fsync needed
     await fs.ops.release(fh)
 
 

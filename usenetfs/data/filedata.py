@@ -53,6 +53,7 @@ class FileData:
         read_retries: int = 3,  # store.get attempts per segment before DataUnavailable
         read_retry_delay: float = 0.5,
         sync_delay: float = 1.0,  # commit -> index checkpoint -> staging unlink (s)
+        commit_interval: float = 1.0,  # a write is durable (power cut) this long after it (s)
         scope: int = VOLUME_SCOPE,  # scopes.id the segments are made under
     ) -> None:
         if pack_threshold > segment_size:
@@ -92,6 +93,8 @@ class FileData:
         self._locks: dict[int, trio.Lock] = {}  # ino -> materialisation lock
         self._tokens: dict[int, object] = {}  # ino -> token of the materialisation running
         self._running = False
+        self._unsynced: set[int] = set()  # written since the last durability pass
+        self.commit_interval = commit_interval
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,6 +106,7 @@ class FileData:
             self._running = True
             try:
                 task_status.started()
+                nursery.start_soon(self._commit_loop)
                 await self.uploader.run(nursery)
             finally:
                 self._running = False
@@ -119,7 +123,7 @@ class FileData:
         not flush) left, and discard segment rows a crash left half-uploaded. Returns the
         number of dirty files adopted. (Safe to call later too: it leaves this instance's
         own files, materialisations and uploads alone.)"""
-        adopted = 0
+        adopted: list[DirtyFile] = []
         for ino in self.staging.scan(busy=self._tokens):
             if ino in self.staging.files or ino in self.staging.retired:
                 continue  # ours already (recover called late): nothing to adopt
@@ -131,14 +135,20 @@ class FileData:
                 log.info("staging file of inode %d has no regular file in the index: removed", ino)
                 self.staging.remove_file(ino)
                 continue
-            d = self.staging.adopt(ino)
-            # Group unknown (not persisted): uploaded on its own, never packed.
-            self.uploader.schedule(d, trio.current_time())
-            adopted += 1
+            adopted.append(self.staging.adopt(ino))
+        # Packed again with their directory's other small files, as if just closed (the
+        # packing group is not persisted; one scan of the entries finds it).
+        parents = self.index.parents_of(d.ino for d in adopted) if adopted else {}
+        for d in adopted:
+            group = parents.get(d.ino)
+            if group is None:  # an unlinked file still open at the crash: uploaded alone
+                self.uploader.schedule(d, trio.current_time())
+            else:
+                self.uploader.released(d, group)
         discarded = self.uploader.discard_leftovers()
         if adopted or discarded:
-            log.info("recovered %d dirty file(s); discarded %d unfinished segment(s)", adopted, discarded)
-        return adopted
+            log.info("recovered %d dirty file(s); discarded %d unfinished segment(s)", len(adopted), discarded)
+        return len(adopted)
 
     def close(self) -> None:
         """Close cached descriptors (after run() has ended)."""
@@ -187,6 +197,7 @@ class FileData:
             if d.size:
                 self.staging.truncate(d, 0)
                 self.uploader.written(d)
+                self._unsynced.add(ino)
             self.reader.invalidate(ino)
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
@@ -199,6 +210,7 @@ class FileData:
         d = await self._dirty(ino)
         n = self.staging.pwrite(d, data, offset)
         self.uploader.written(d)
+        self._unsynced.add(ino)
         return n
 
     async def truncate(self, ino: int, size: int) -> None:
@@ -211,6 +223,7 @@ class FileData:
                 if d.size != size:
                     self.staging.truncate(d, size)
                     self.uploader.written(d)
+                    self._unsynced.add(ino)
                 self.reader.invalidate(ino)
                 return
             lock = self._locks.get(ino)
@@ -221,10 +234,30 @@ class FileData:
                 pass
 
     async def fsync(self, ino: int) -> None:
-        """Durable on local disk: the staging file and the directory naming it. A clean
-        file's data is already verified on the server."""
+        """Durable on local disk now: the staging file, the directory naming it, and the
+        index (sizes, times, names). A clean file's data is already verified on the
+        server."""
         if ino in self.staging.files:
             await trio.to_thread.run_sync(fsync_paths, [self.staging.path(ino)], self.staging.directory)
+        self.index.sync()
+
+    async def _commit_loop(self) -> None:
+        """Every `commit_interval`, make what was written since durable: one batch of
+        fsyncs in a worker thread, then the index. This is what makes a closed file
+        survive a power cut without close() waiting for a disk flush (ext4's commit
+        interval plays the same part); fsync() does it at once for one file."""
+        while True:
+            await trio.sleep(self.commit_interval)
+            if not self._unsynced:
+                continue
+            inos, self._unsynced = self._unsynced, set()
+            paths = [self.staging.path(ino) for ino in inos if ino in self.staging.files]
+            try:
+                await trio.to_thread.run_sync(fsync_paths, paths, self.staging.directory)
+                self.index.sync()
+            except OSError as error:  # e.g. EIO from the disk: keep them, try again
+                log.error("cannot make %d written file(s) durable on local disk: %s", len(inos), error)
+                self._unsynced |= inos
 
     def release(self, ino: int, group: int) -> None:
         self._writers.discard(ino)
@@ -252,7 +285,9 @@ class FileData:
             uploader.flush_now()
             total = staging.total_size
             last = None
-            while staging.files:
+            # Also wait for the jobs of files deleted meanwhile: cancelled, they are still
+            # discarding their segment rows (and may be inside a worker thread).
+            while staging.files or uploader.active_jobs:
                 remaining = staging.total_size
                 total = max(total, remaining)
                 if progress is not None and (total - remaining, total) != last:
@@ -327,6 +362,7 @@ class FileData:
         if d.ino in self._writers:
             self.staging.set_open(d, True)
         self.uploader.written(d)
+        self._unsynced.add(d.ino)  # a new staging file: its name must become durable too
 
 
 __all__ = ["FileData"]

@@ -78,8 +78,11 @@ class Handle:
         self.append = bool(flags & os.O_APPEND)
 
 
+_TIMES = frozenset({"atime_ns", "mtime_ns", "ctime_ns"})
+
+
 class Node:
-    __slots__ = ("row", "lookups", "opens", "writers", "group", "unsynced")
+    __slots__ = ("row", "lookups", "opens", "writers", "group", "pending")
 
     def __init__(self, row: InodeRow, group: int) -> None:
         self.row = row
@@ -87,7 +90,14 @@ class Node:
         self.opens = 0  # open handles
         self.writers = 0  # open handles that may write (FileData.open_for_write done)
         self.group = group  # packing group: the directory the file was last seen in
-        self.unsynced = False  # written since the last FileData.fsync
+        # Size and times changed by writes (and the kernel's time updates) while the file
+        # is open for writing, applied to `row` but not yet to the index: see
+        # FsModel._update_later.
+        self.pending: dict[str, int] = {}
+
+    def set_row(self, row: InodeRow) -> None:
+        """`row` as read from the index, with what is pending on top."""
+        self.row = row._replace(**self.pending) if self.pending else row
 
 
 def _sup_groups(pid: int) -> set[int]:
@@ -173,7 +183,7 @@ class FsModel:
         if node is None:
             node = self.nodes[row.id] = Node(self._reconciled(row), ROOT_INODE)
         else:
-            node.row = row
+            node.set_row(row)
         return node
 
     def _reconciled(self, row: InodeRow) -> InodeRow:
@@ -194,16 +204,33 @@ class FsModel:
             node = self.nodes.get(ino) if ino is not None else None
             if node is not None:
                 try:
-                    node.row = self.index.get_inode(ino)
+                    node.set_row(self.index.get_inode(ino))
                 except NotFound:
                     log.error("inode %d vanished from the index while the kernel knows it", ino)
 
     def _update(self, ino: int, **fields) -> InodeRow:
-        row = self.index.update_inode(ino, **fields)
         node = self.nodes.get(ino)
+        if node is not None and node.pending:
+            fields = {**node.pending, **fields}
+            node.pending = {}
+        row = self.index.update_inode(ino, **fields)
         if node is not None:
             node.row = row
         return row
+
+    def _update_later(self, node: Node, **fields) -> None:
+        """Change size or times in memory only, for a file open for writing: a small file
+        written and closed would otherwise cost three index commits (create, the write's
+        size, the kernel's mtime update at close) instead of two. Written to the index by
+        the next `_update` of the inode, at the last writer's release and at fsync. After
+        a crash the size comes back from the staging file (`_reconciled`); times written
+        since the last persist fall back to the last persisted ones."""
+        node.row = node.row._replace(**fields)
+        node.pending.update(fields)
+
+    def _persist(self, node: Node) -> None:
+        if node.pending:
+            self._update(node.row.id)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -427,6 +454,12 @@ class FsModel:
             fields["mtime_ns"] = mtime_ns
         if fields or ctime_ns is not None:
             fields["ctime_ns"] = self._clock() if ctime_ns is None else ctime_ns
+            node = self.nodes.get(ino)
+            if node is not None and node.writers and fields.keys() <= _TIMES:
+                # The kernel's own mtime/ctime update (writeback cache) at close: it goes
+                # to the index with the size, at release.
+                self._update_later(node, **fields)
+                return node.row
             row = self._update(ino, **fields)
         return row
 
@@ -453,7 +486,6 @@ class FsModel:
             now = self._clock()
             row = self._update(ino, size=size, mtime_ns=now, ctime_ns=now)
             await self.data.truncate(ino, size)
-            node.unsynced = True
             if not node.writers and row.nlink:
                 # Nobody holds it open for writing: a dirty file may be uploaded (and
                 # packed with its directory) once idle, as after a close.
@@ -485,7 +517,6 @@ class FsModel:
                 await self.data.open_for_write(ino, node.row.size, truncate=trunc)
                 if trunc:
                     now = self._clock()
-                    node.unsynced = True
                     self._update(ino, size=0, mtime_ns=now, ctime_ns=now)
             except BaseException:
                 await self.release(h.fh)
@@ -544,33 +575,24 @@ class FsModel:
             # size read here is still the end of the file when the data lands.
             offset = node.row.size
         n = await self.data.write(ino, offset, buf)
-        node.unsynced = True
         row = node.row  # re-read after the await
         # With the writeback cache the kernel sends writes out of order: never shrink.
         now = self._clock()
-        self._update(ino, size=max(row.size, offset + n), mtime_ns=now, ctime_ns=now)
+        self._update_later(node, size=max(row.size, offset + n), mtime_ns=now, ctime_ns=now)
         return n
 
     async def flush(self, fh: int) -> None:
-        """close(): the data written is durable in local staging when this returns."""
-        h = self.handle(fh)
-        if h.writable:
-            await self._sync(h.ino)
+        """close(): nothing to do. The data is in the staging file (it survives a crash of
+        this process at once) and FileData makes it durable against a power cut within
+        its `commit_interval`, as ext4 does; fsync() is the call that waits for that."""
+        self.handle(fh)
 
     async def fsync(self, fh: int) -> None:
-        h = self.handle(fh)
-        await self._sync(h.ino)
-
-    async def _sync(self, ino: int) -> None:
+        ino = self.handle(fh).ino
         node = self.nodes.get(ino)
-        if node is None or not node.unsynced:
-            return
-        node.unsynced = False  # set first: a write landing while we wait marks it again
-        try:
-            await self.data.fsync(ino)
-        except BaseException:
-            node.unsynced = True
-            raise
+        if node is not None:
+            self._persist(node)
+        await self.data.fsync(ino)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -583,6 +605,8 @@ class FsModel:
         node.opens -= 1
         if h.writable:
             node.writers -= 1
+            if not node.writers:
+                self._persist(node)
             if not node.writers and node.row.nlink and node.row.is_reg:
                 # The last writer is gone: FileData uploads after it has been idle a while.
                 # (An unlinked file's data is dropped when it is deleted: no upload.)

@@ -316,7 +316,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def flush(self, fh: int) -> None:
-        # Write-back: durable in local staging, never waits for the network. Its error is close()'s.
+        # close(): waits for neither the disk nor the network (see FsModel.flush).
         await self.model.flush(fh)
 
     @_boundary

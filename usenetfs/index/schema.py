@@ -31,7 +31,7 @@ from sqlalchemy import (
 
 # Version 1: the first format. Bump it with every schema change and register the step
 # that upgrades an index from the previous version in MIGRATIONS.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Segment states (segments.state).
 PENDING = 0  # row committed before the POST (intent); nothing on the server yet, or unknown
@@ -111,6 +111,10 @@ inodes = Table(
     Column("rdev", Integer, nullable=False),
     Column("parent", Integer),  # directories: the directory holding it (root: itself); else NULL
 )
+# Inodes with no name left (unlinked while open; deleted at forget, or at the next mount
+# after a crash): a partial index, empty in normal use, so the mount's orphan check
+# costs nothing however many inodes there are.
+ORPHANS_INDEX = Index("inodes_orphans", inodes.c.id, sqlite_where=inodes.c.nlink == 0)
 
 # Clustered by (parent, name): a lookup is one b-tree descent and reads the inode from
 # the same row. The readdir index carries the inode too, so listing never touches the table.
@@ -187,4 +191,6 @@ extents = Table(
 # transaction together with the format_version update, so a crash leaves the index at
 # either version, never in between. Steps may use Core DDL/DML on the given Connection.
 Migration = Callable[[Connection], None]
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {
+    1: lambda conn: ORPHANS_INDEX.create(conn),  # 1 -> 2: the orphans index
+}
