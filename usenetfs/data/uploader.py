@@ -3,7 +3,8 @@
 Owns when and how dirty files are uploaded:
 
 - Scheduling. Each dirty file has a due time: `idle_seconds` after its last write, soon
-  (`release_delay`) after its last writer closed it, now under staging pressure (files no
+  (`release_delay`) after its last writer closed it (at once if it is too big to pack),
+  now under staging pressure (files no
   writer holds) or during `flush_all`, and never before its retry backoff (`not_before`)
   runs out. A min-heap of (due, seq, ino) with at most one live entry per file (stale
   entries are skipped or re-pushed when popped), so picking costs O(log n) per file, not a
@@ -203,7 +204,9 @@ class Uploader:
             d.group = group
         self._groups.setdefault(group, {})[d.ino] = d
         now = trio.current_time()
-        urgent = self.flushing or self.staging.under_pressure
+        # A file too big to pack waits for nothing: upload it now. A small one waits a
+        # moment for its directory's next files, to share a segment with them.
+        urgent = self.flushing or self.staging.under_pressure or d.size >= self.pack_threshold
         self.schedule(d, min(d.due, now if urgent else now + self.release_delay))
 
     def _ungroup(self, d: DirtyFile) -> None:
