@@ -13,17 +13,22 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
 
 from usenetfs.backup import BackupRun, bootstrap_keys, post_backup, restore
-from usenetfs.backup.chunks import chunk_ident
+from usenetfs.backup import articles
+from usenetfs.backup.chunks import chunk_ident, digest_file, hash_key
 from usenetfs.backup.record import ChunkRecord
+from usenetfs.codec.segment import SegmentCodec
 from usenetfs.errors import UserError
 from usenetfs.home import Home
 from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index, extent
+from usenetfs.index.snapshot import copy_consistent
 from usenetfs.nntp.client import NNTPClient, PoolOptions
 from usenetfs.nntp.config import ServerConfig
-from usenetfs.nntp.posting import VerifyOptions
+from usenetfs.nntp.posting import ArticlePoster, VerifyOptions
 from usenetfs.nntp.retry import scaled_policies
+from usenetfs.store.base import segment_key
 from usenetfs.volume import Volume
 
 GROUP = "alt.binaries.test"
@@ -273,3 +278,33 @@ async def test_restore_without_any_backup_says_so(inn, tmp_path):
                 await restore_into(tmp_path / "second", machine, client)
     finally:
         machine.index.close()
+
+
+async def test_authentic_articles_with_other_bytes_are_never_taken_for_a_chunk(machine, tmp_path):
+    """The keyed hash, not just the AEAD, decides: an article that authenticates under a
+    chunk's id but holds other bytes (what two chunks sharing 64 bits of hash would
+    look like) is stepped over when posting, and refused when restoring."""
+    key = hash_key(machine.keys)
+    copy_consistent(machine.volume.index_file, tmp_path / "peek.sqlite")
+    squatted = digest_file(tmp_path / "peek.sqlite", key, CHUNK)[3]
+    async with machine.client() as client:
+        poster = ArticlePoster(client, VerifyOptions(delay=0.0, tries=3, interval=0.05))
+        limiter = trio.CapacityLimiter(2)
+        await articles.post(poster, machine.keys, chunk_ident(machine.scope, squatted), b"other bytes",
+                            GROUP, limiter)
+        await machine.backup(client)
+        assert machine.recorded()[squatted].generation == 1  # generation 0 holds the other bytes
+        volume, _ = await restore_into(tmp_path / "second", machine, client)
+        assert dump(volume.index_file) == machine.dump()
+
+        victim, seen = next((d, s) for d, s in sorted(machine.recorded().items()) if d != squatted)
+        forged = await trio.to_thread.run_sync(lambda: SegmentCodec(
+            segment_key(machine.keys.index_key, chunk_ident(machine.scope, victim))).encode(
+                chunk_ident(machine.scope, victim), b"forged but authentic").body)
+        path = spool_file(machine.server, machine.message_id(victim, seen.generation))
+        article = path.read_bytes()
+        # INN's spool keeps articles in wire format: CRLF, dot-stuffed (our bodies never need
+        # it), ending with the "." line.
+        path.write_bytes(article[:article.index(b"\r\n\r\n") + 4] + forged + b".\r\n")
+        with pytest.raises(UserError, match="does not match its hash"):
+            await restore_into(tmp_path / "third", machine, client)
