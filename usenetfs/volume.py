@@ -6,6 +6,8 @@
     data_dir/volumes/NAME/index.sqlite    the index
     data_dir/volumes/NAME/staging/        write-back staging (durable: not a cache)
     data_dir/volumes/NAME/mount.json      the running mount: mountpoint, pid, control socket
+    data_dir/volumes/NAME/backup-chunks   index chunks the server has (usenetfs.backup)
+    data_dir/volumes/NAME/backup-snapshot.sqlite  the index copy a running backup posts from
     cache_dir/volumes/NAME/               segment cache (may be deleted at any time)
 
 Everything here is synchronous and small; nothing talks to a server.
@@ -50,7 +52,6 @@ class VolumeSettings:
     staging_limit: int = 4 << 30
     learned_connection_limit: int | None = None
     last_backup: int = 0  # number of the newest index backup posted (usenetfs.backup)
-    backup_attempts: int = 0  # attempts made so far (mod 256): keeps chunk ids of attempts apart
     backup_settle_seconds: float = 60.0  # back up while mounted once changes have settled this long
     backup_min_interval: float = 600.0  # and at most this often
     created: float = field(default_factory=time.time)
@@ -82,6 +83,14 @@ class Volume:
     @property
     def index_file(self) -> Path:
         return self.data_dir / "index.sqlite"
+
+    @property
+    def backup_record_file(self) -> Path:
+        return self.data_dir / "backup-chunks"
+
+    @property
+    def backup_snapshot_file(self) -> Path:
+        return self.data_dir / "backup-snapshot.sqlite"
 
     @property
     def mount_file(self) -> Path:
@@ -225,10 +234,15 @@ def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> st
 
 def write_json_atomic(path: Path, data) -> None:
     """Atomically: temporary file, fsync, rename, fsync the directory."""
+    write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomically (owner-only): temporary file, fsync, rename, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
+        out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)

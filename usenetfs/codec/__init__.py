@@ -13,6 +13,7 @@ from .errors import (
 from .segment import (
     KIND_DATA,
     KIND_INDEX,
+    KIND_INDEX_CHUNK,
     EncodedSegment,
     SegmentCodec,
     SegmentId,
@@ -32,6 +33,7 @@ __all__ = [
     "WrongKey",
     "KIND_DATA",
     "KIND_INDEX",
+    "KIND_INDEX_CHUNK",
     "EncodedSegment",
     "SegmentCodec",
     "SegmentId",

@@ -39,8 +39,9 @@ from . import yenc
 from .kdf import hkdf
 from .errors import NotOurArticle, TamperedArticle, TruncatedArticle, WrongKey
 
-KIND_DATA = 0
-KIND_INDEX = 1
+KIND_DATA = 0  # file data: number = segments.id
+KIND_INDEX = 1  # index backup manifests and the bootstrap: number from usenetfs.backup
+KIND_INDEX_CHUNK = 2  # index backup chunks: number = the first 8 bytes of their keyed hash
 
 NONCE_SIZE = 12
 KEYCHECK_SIZE = 4
@@ -73,7 +74,7 @@ class SegmentId:
     """Which article this is: bound into the AAD and into the Message-ID."""
 
     scope: bytes  # 16 bytes: the volume/share id
-    kind: int  # KIND_DATA (0) or KIND_INDEX (1); one byte on the wire
+    kind: int  # KIND_DATA (0), KIND_INDEX (1) or KIND_INDEX_CHUNK (2); one byte on the wire
     number: int  # u64
 
     def __post_init__(self) -> None:
@@ -366,6 +367,7 @@ __all__ = [
     "tune_malloc",
     "KIND_DATA",
     "KIND_INDEX",
+    "KIND_INDEX_CHUNK",
     "SegmentId",
     "EncodedSegment",
     "SegmentCodec",

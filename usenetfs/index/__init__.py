@@ -9,6 +9,7 @@ Modules (docs/index.md describes every table, column, sentinel and state):
     layout.py  extent arithmetic (pure): locate bytes, cut, merge, refcount deltas
     rows.py    the named tuples handed out
     fsck.py    offline check and repair
+    snapshot.py  page-for-page copies of the live file (backups) and their integrity check
     errors.py  domain errors carrying their errno
 """
 

@@ -1,0 +1,238 @@
+"""Posting an index backup: only the chunks the server does not have yet, then a manifest.
+
+`backup()` (what the mount daemon calls) runs the steps of a `BackupRun`; a process may
+die after any of them and leave every earlier backup restorable:
+
+1. `take_snapshot`: a consistent, page-for-page copy of the live index beside it
+   (index/snapshot.py), hashed chunk by chunk (chunks.py). Page-for-page matters: pages
+   that did not change keep their place, so their chunks keep their hashes.
+2. `post_chunks`: each chunk not in the local record (record.py) is first looked for on
+   the server (an earlier run may have posted it and died before noting it), else posted
+   and read back by BODY; only then is it noted. Recorded chunks not seen for
+   `recheck_after` seconds are re-checked by STAT, oldest first, at most `recheck_limit`
+   per backup, and posted again under the next generation if they are gone. Then the
+   chunk list (manifest.py) is cut into chunks and posted the same way.
+3. `post_manifest`: the manifest, numbered one past the newest backup (a number whose
+   manifest is already on the server, posted by a run that died before saving it, is
+   skipped), posted last and read back; then the settings record the number, the record
+   keeps only this backup's chunks, and the bootstrap is posted if it is not there yet.
+
+Until the manifest is read back, restore finds the previous backup, and its chunks are
+all still on the server: nothing is ever deleted, and chunks are never overwritten
+(their ids come from their content).
+
+Cost: the snapshot copies and hashes the whole index (seconds per GB, in threads, plus its
+size in free disk space for the copy); what is posted is the changed chunks, the chunk
+list's changed chunks (36 bytes per chunk listed) and one small manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import trio
+
+from ..codec.errors import CodecError
+from ..errors import UserError
+from ..index.snapshot import copy_consistent
+from ..keys import VolumeKeys
+from ..nntp import errors as E
+from ..nntp.client import NNTPClient
+from ..nntp.posting import ArticlePoster, VerifyOptions
+from ..volume import Volume, VolumeSettings
+from . import articles
+from .bootstrap import post_bootstrap
+from .bounded import for_each
+from .chunks import (CHUNK_SIZE, ChunkRef, check_chunk_size, chunk_digest, chunk_ident, digest_file,
+                     hash_key, read_chunk, split_bytes)
+from .manifest import Manifest, encode_list, manifest_ident
+from .record import ChunkRecord
+
+log = logging.getLogger(__name__)
+
+RECHECK_AFTER = 7 * 86400.0  # seconds before a recorded chunk is looked for again
+RECHECK_LIMIT = 256  # recorded chunks re-checked (STAT) per backup at most
+CONCURRENCY = 16  # chunks in flight (each holds one chunk and its article in memory)
+VERIFY = VerifyOptions(delay=0.0, tries=6, interval=1.0)
+
+
+@dataclass
+class BackupStats:
+    seq: int = 0
+    db_size: int = 0
+    chunks: int = 0  # chunks in the snapshot
+    list_chunks: int = 0  # chunks holding the chunk list
+    posted: int = 0  # chunk articles posted by this backup (snapshot and list chunks)
+    posted_bytes: int = 0  # their article bodies
+    found: int = 0  # chunks not in the record but already on the server (an earlier run's)
+    rechecked: int = 0  # recorded chunks looked for with STAT
+    lost: int = 0  # of those, gone from the server (posted again)
+    seconds: float = 0.0
+
+
+async def backup(volume: Volume, settings: VolumeSettings, keys: VolumeKeys, client: NNTPClient,
+                 passphrase_keys: VolumeKeys | None = None) -> int:
+    """Post an incremental backup of the index (and, given the passphrase-derived keys, the
+    bootstrap if the server lacks it); return the backup's number."""
+    return (await post_backup(volume, settings, keys, client, passphrase_keys)).seq
+
+
+async def post_backup(volume: Volume, settings: VolumeSettings, keys: VolumeKeys, client: NNTPClient,
+                      passphrase_keys: VolumeKeys | None = None, **options) -> BackupStats:
+    """`backup()`, returning what it did (options: see `BackupRun`)."""
+    run = BackupRun(volume, settings, keys, client, **options)
+    try:
+        await run.take_snapshot()
+        await run.post_chunks()
+        await run.post_manifest(passphrase_keys)
+    finally:
+        run.close()
+    log.info("index backup %d: %d of %d chunks posted (%.1f MB), %d found on the server, "
+             "%d re-checked (%d lost), %.1f s", run.stats.seq, run.stats.posted,
+             run.stats.chunks + run.stats.list_chunks, run.stats.posted_bytes / 1e6, run.stats.found,
+             run.stats.rechecked, run.stats.lost, run.stats.seconds)
+    return run.stats
+
+
+class BackupRun:
+    """One backup, step by step (see the module docstring). Not reusable."""
+
+    def __init__(self, volume: Volume, settings: VolumeSettings, keys: VolumeKeys, client: NNTPClient, *,
+                 chunk_size: int = CHUNK_SIZE, recheck_after: float = RECHECK_AFTER,
+                 recheck_limit: int = RECHECK_LIMIT, concurrency: int = CONCURRENCY,
+                 verify: VerifyOptions = VERIFY):
+        self.volume = volume
+        self.settings = settings
+        self.keys = keys
+        self.client = client
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.recheck_after = recheck_after
+        self.recheck_limit = recheck_limit
+        self.concurrency = concurrency
+        self.scope = bytes.fromhex(settings.volume_id)
+        self.hash_key = hash_key(keys)
+        self.poster = ArticlePoster(client, verify)
+        self.limiter = trio.CapacityLimiter(2)  # codec and hashing threads
+        self.record = ChunkRecord.load(volume.backup_record_file, settings.volume_id)
+        self.snapshot = volume.backup_snapshot_file
+        self.stats = BackupStats()
+        self.started = time.monotonic()
+        self.digests: list[bytes] = []
+        self.chunk_list: list[ChunkRef] = []
+        self.list_refs: list[ChunkRef] = []
+
+    async def take_snapshot(self) -> None:
+        self.stats.db_size = await trio.to_thread.run_sync(copy_consistent, self.volume.index_file,
+                                                           self.snapshot)
+        self.digests = await trio.to_thread.run_sync(digest_file, self.snapshot, self.hash_key,
+                                                     self.chunk_size, limiter=self.limiter)
+        self.stats.chunks = len(self.digests)
+
+    async def post_chunks(self) -> None:
+        snapshot, size = self.snapshot, self.chunk_size
+
+        def loader(number: int) -> Callable[[], bytes]:
+            return lambda: read_chunk(snapshot, number, size)
+
+        generations = await self._ensure((digest, loader(n)) for n, digest in enumerate(self.digests))
+        self.chunk_list = [ChunkRef(digest, generations[digest]) for digest in self.digests]
+        pieces = split_bytes(encode_list(self.chunk_list), self.hash_key, self.chunk_size)
+        generations = await self._ensure((digest, (lambda piece=piece: piece)) for digest, piece in pieces)
+        self.list_refs = [ChunkRef(digest, generations[digest]) for digest, _ in pieces]
+        self.stats.list_chunks = len(self.list_refs)
+        self.record.flush()
+
+    async def post_manifest(self, passphrase_keys: VolumeKeys | None = None) -> int:
+        seq = self.volume.load().last_backup + 1
+        while await articles.exists(self.client, self.keys, manifest_ident(self.scope, seq)):
+            log.info("index backup %d is on the server already (an earlier run died before noting "
+                     "it): this one is %d", seq, seq + 1)
+            seq += 1
+        settings = asdict(self.settings)
+        manifest = Manifest(seq=seq, db_size=self.stats.db_size, chunk_size=self.chunk_size,
+                            chunks=len(self.chunk_list), list_chunks=self.list_refs, settings=settings)
+        await articles.post(self.poster, self.keys, manifest_ident(self.scope, seq), manifest.encode(),
+                            self.settings.group, self.limiter)
+        current = self.volume.load()  # changed meanwhile (e.g. the learned connection limit)?
+        current.last_backup = seq
+        self.volume.save(current)
+        self.stats.seq = seq
+        self.record.rewrite({ref.digest for ref in self.chunk_list} | {ref.digest for ref in self.list_refs})
+        if passphrase_keys is not None:
+            await post_bootstrap(self.client, self.volume, current, passphrase_keys, limiter=self.limiter)
+        self.stats.seconds = time.monotonic() - self.started
+        return seq
+
+    def close(self) -> None:
+        self.record.close()
+        self.snapshot.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ chunks
+    async def _ensure(self, items: Iterable[tuple[bytes, Callable[[], bytes]]]) -> dict[bytes, int]:
+        """Make sure every chunk in `items` (digest, loader of its bytes) is on the server;
+        return the generation of each."""
+        now = int(time.time())
+        generations: dict[bytes, int] = {}
+        work: list[tuple[bytes, Callable[[], bytes], int | None]] = []  # (digest, load, recorded generation)
+        stale: list[tuple[int, bytes, Callable[[], bytes], int]] = []
+        for digest, load in items:
+            if digest in generations:  # equal chunks (runs of free pages): one article
+                continue
+            seen = self.record.get(digest)
+            if seen is None:
+                generations[digest] = -1
+                work.append((digest, load, None))
+            elif now - seen.checked_s >= self.recheck_after:
+                generations[digest] = seen.generation
+                stale.append((seen.checked_s, digest, load, seen.generation))
+            else:
+                generations[digest] = seen.generation
+        stale.sort(key=lambda item: item[0])
+        work.extend((digest, load, generation) for _, digest, load, generation in stale[:self.recheck_limit])
+
+        async def ensure(item: tuple[bytes, Callable[[], bytes], int | None]) -> None:
+            digest, load, recorded = item
+            generations[digest] = await self._ensure_one(digest, load, recorded)
+
+        await for_each(work, ensure, self.concurrency)
+        return generations
+
+    async def _ensure_one(self, digest: bytes, load: Callable[[], bytes], recorded: int | None) -> int:
+        ident = chunk_ident(self.scope, digest)
+        now = int(time.time())
+        start = 0
+        if recorded is not None:
+            self.stats.rechecked += 1
+            if await self.client.stat(self.keys.message_id(ident, recorded)):
+                self.record.note(digest, recorded, now)
+                return recorded
+            log.warning("index chunk %s (generation %d) is gone from the server: posting it again",
+                        digest[:8].hex(), recorded)
+            self.stats.lost += 1
+            self.record.forget(digest)
+            start = recorded + 1
+        for generation in range(start, start + articles.GENERATIONS_PROBED):
+            try:
+                payload = await articles.fetch(self.client, self.keys, ident, generation, self.limiter)
+            except E.ArticleNotFound:
+                data = await trio.to_thread.run_sync(load, limiter=self.limiter)
+                verified, body_size = await articles.post(self.poster, self.keys, ident, data,
+                                                          self.settings.group, self.limiter,
+                                                          generation=generation)
+                self.stats.posted += 1
+                self.stats.posted_bytes += body_size
+                self.record.note(digest, verified, now)
+                return verified
+            except CodecError:
+                continue  # someone else's article under this id: try the next one
+            if await trio.to_thread.run_sync(chunk_digest, self.hash_key, payload, limiter=self.limiter) == digest:
+                self.stats.found += 1
+                self.record.note(digest, generation, now)
+                return generation
+            # another chunk whose hash starts with the same 64 bits: the next generation
+        raise UserError(f"index chunk {digest[:8].hex()}: generations {start} to "
+                        f"{start + articles.GENERATIONS_PROBED - 1} are all taken by other articles")
+
