@@ -45,4 +45,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# /sbin/mount.usenetfs, so `mount -t usenetfs` and fstab lines of type usenetfs work. It runs
+# this checkout's .venv Python. The lock keeps it from changing under a running test of it.
+if [ "$(id -u)" -eq 0 ]; then
+    flock /run/lock/usenetfs-mount-helper.lock .venv/bin/usenetfs install-mount-helper \
+        || echo "setup: warning: mount.usenetfs not installed (see above); 'usenetfs mount' still works"
+fi
 echo "setup: done (commands are in $(pwd)/.venv/bin)"

@@ -15,3 +15,15 @@ class UserError(UsenetfsError):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def user_error_behind(raised: BaseException) -> "UserError | KeyboardInterrupt | None":
+    """The UserError (or Ctrl-C) behind `raised`, looking inside exception groups that
+    concurrent tasks produce; None if anything else is in there (a bug: show it)."""
+    if isinstance(raised, (UserError, KeyboardInterrupt)):
+        return raised
+    if isinstance(raised, BaseExceptionGroup):
+        found = [user_error_behind(inner) for inner in raised.exceptions]
+        if found and all(item is not None for item in found):
+            return found[0]
+    return None

@@ -5,8 +5,8 @@ terminal), then, unless in the foreground, forks. The child does all the work in
 `trio.run`: starts the local INN server if the volume uses it, checks that the server
 answers and accepts our login, opens the index, adopts staging files left by a crash,
 calls `pyfuse3.init`, and only once all of that worked writes "ok" to a pipe. The parent
-waits for that line and exits 0, or prints the child's one-line error and exits 32, as
-mount(8) expects — so `usenetfs mount` returns once the mount answers, and a failed
+waits for that line and returns 0, or raises the child's one-line error (exit 32, as
+mount(8) expects) — so `usenetfs mount` returns once the mount answers, and a failed
 mount never leaves a stale mountpoint.
 
 While mounted, a Unix socket (volume.control_socket) answers `status` and `flush`
@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -60,15 +59,16 @@ class MountRequest:
     gid: int | None = None
     umask: int | None = None
     notify_systemd: bool = False
+    fsname: str | None = None  # the mount's source in /proc/mounts; default "usenetfs:NAME"
     bootstrap_keys: VolumeKeys | None = None  # from the passphrase: lets backups post the bootstrap
 
 
 def mount(request: MountRequest) -> int:
-    """Mount; return the process exit code (0, or 32 after printing one line)."""
+    """Mount; return 0 once the mount answers, or raise UserError (exit code 32) with one line."""
     mountpoint = os.path.realpath(request.mountpoint)
     if not os.path.isdir(mountpoint):
         raise UserError(f"mountpoint {request.mountpoint} is not a directory", EXIT_MOUNT_FAILED)
-    if os.path.ismount(mountpoint):
+    if _mounted_at(mountpoint):
         raise UserError(f"{request.mountpoint} is already a mountpoint", EXIT_MOUNT_FAILED)
     info = request.volume.mount_info()
     if info and process_alive(info.get("pid")):
@@ -100,8 +100,7 @@ def mount(request: MountRequest) -> int:
     if not verdict:
         _kill_quietly(pid)
         verdict = f"the mount daemon did not answer within {READY_TIMEOUT:.0f} s (see {request.volume.log_file})"
-    print(f"usenetfs: {verdict}", file=sys.stderr)
-    return EXIT_MOUNT_FAILED
+    raise UserError(verdict, EXIT_MOUNT_FAILED)
 
 
 async def _serve(request: MountRequest, ready_fd: int | None) -> int:
@@ -151,8 +150,9 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             operations = Operations(index, data, read_only=request.read_only, uid=request.uid,
                                     gid=request.gid, umask=request.umask,
                                     quota_bytes=settings.quota_bytes)
-            options = fuse_options(f"usenetfs:{volume.name}", allow_other=request.allow_other,
-                                   ro=request.read_only, extra=request.fuse_extra)
+            options = fuse_options(request.fsname or f"usenetfs:{volume.name}",
+                                   allow_other=request.allow_other, ro=request.read_only,
+                                   extra=request.fuse_extra)
             try:
                 pyfuse3.init(operations, request.mountpoint, options)
             except RuntimeError as exc:
@@ -184,6 +184,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     # what is not posted stays staged and resumes at the next mount.
                     await operations.close()
                     nursery.cancel_scope.cancel()
+                    pending = data.pending()
+                    if pending.get("files"):  # umount(8) or a shutdown did not wait for them
+                        log.warning("unmounted with %d files (%d bytes) not posted yet: they are "
+                                    "kept and posted at the next mount", pending["files"], pending["bytes"])
                 learned = client.pool.learned_limit
                 if learned:
                     current = volume.load()  # backups updated it meanwhile: don't save a stale copy
@@ -386,6 +390,31 @@ async def raise_readahead(mountpoint: str) -> None:
                         out.write("1024")
     except (OSError, IndexError):
         pass  # not root, or no sysfs: reads still work, only with smaller requests
+
+
+def _mounted_at(path: str) -> bool:
+    """Is a filesystem mounted at `path`? An automount trigger (autofs) does not count:
+    systemd's x-systemd.automount puts one there and then runs us to mount on top of it, and
+    os.path.ismount() counts it. Read from /proc/self/mountinfo, which touches nothing under
+    the trigger (listing it would wait for this very mount)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            for line in table:
+                fields, _, rest = line.partition(" - ")
+                fields = fields.split()
+                fstype = rest.split()[:1]
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == path and fstype != ["autofs"]:
+                    return True
+    except OSError:
+        return os.path.ismount(path)
+    return False
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # The kernel writes space, tab, newline and backslash as \ooo (octal).
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
 
 
 def _signal_ready(fd: int | None, message: str) -> None:

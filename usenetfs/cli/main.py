@@ -12,8 +12,8 @@ import logging
 import sys
 
 from .. import __version__
-from ..errors import UserError
-from . import server_cmd, volume_cmd
+from ..errors import user_error_behind
+from . import mount_helper, server_cmd, volume_cmd
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     volume_cmd.register(commands)
     server_cmd.register(commands)
+    mount_helper.register(commands)
     return parser
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or EXIT_OK
     except BaseException as raised:  # noqa: BLE001 - sorted below; bugs are re-raised
-        error = _user_error(raised)
+        error = user_error_behind(raised)
         if isinstance(error, KeyboardInterrupt):
             print("usenetfs: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -52,18 +53,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"usenetfs: {error}", file=sys.stderr)
         return error.exit_code
-
-
-def _user_error(raised: BaseException) -> UserError | KeyboardInterrupt | None:
-    """The UserError (or Ctrl-C) behind `raised`, looking inside exception groups that
-    concurrent tasks produce; None if anything else is in there (a bug: show it)."""
-    if isinstance(raised, (UserError, KeyboardInterrupt)):
-        return raised
-    if isinstance(raised, BaseExceptionGroup):
-        found = [_user_error(inner) for inner in raised.exceptions]
-        if found and all(item is not None for item in found):
-            return found[0]
-    return None
 
 
 if __name__ == "__main__":

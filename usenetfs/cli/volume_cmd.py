@@ -23,6 +23,9 @@ from ..errors import UserError
 from ..home import Home
 from ..process import process_alive
 from ..volume import DEFAULT_NAME, LOCAL_SERVER, Volume, find_mounted, list_volumes, read_passphrase
+from .mount_options import MountOptions, parse_mount_options
+
+EXIT_MOUNT_FAILED = 32  # mount(8)'s "mount failure"
 
 
 def register(commands) -> None:
@@ -43,7 +46,8 @@ def register(commands) -> None:
     mount.add_argument("args", nargs="+", metavar="[VOLUME] MOUNTPOINT")
     mount.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("-o", dest="options", default="", metavar="OPTS",
-                       help="comma-separated: ro, rw, allow_other, uid=N, gid=N, umask=NNN")
+                       help="comma-separated, as for mount.usenetfs (see 'mount.usenetfs --help'): "
+                       "ro, rw, allow_other, uid=N, gid=N, umask=NNN, home=DIR, passphrase_file=F, ...")
     mount.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F")
     mount.set_defaults(handler=_mount)
 
@@ -99,45 +103,43 @@ def _init(args) -> int:
     return 0
 
 
-def parse_mount_options(text: str) -> dict:
-    """The -o options this milestone understands; an unknown one is an error."""
-    result: dict = {"read_only": False, "allow_other": False, "uid": None, "gid": None, "umask": None}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, _, value = item.partition("=")
-        if key in ("ro", "rw"):
-            result["read_only"] = key == "ro"
-        elif key == "allow_other":
-            result["allow_other"] = True
-        elif key in ("uid", "gid"):
-            if not value.isdigit():
-                raise UserError(f"invalid mount option {item!r}: {key} takes a number")
-            result[key] = int(value)
-        elif key == "umask":
-            try:
-                result["umask"] = int(value, 8)
-            except ValueError:
-                raise UserError(f"invalid mount option {item!r}: umask takes an octal number") from None
-        elif key in ("default_permissions", "defaults"):
-            pass
-        else:
-            raise UserError(f"unknown mount option {item!r}")
-    return result
-
-
 def _mount(args) -> int:
-    from ..mountd import MountRequest, mount
     if len(args.args) > 2:
         raise UserError("usage: usenetfs mount [VOLUME] MOUNTPOINT")
     name, mountpoint = (args.args if len(args.args) == 2 else [DEFAULT_NAME, args.args[0]])
-    options = parse_mount_options(args.options)
-    volume = Volume(_home(args), name)
-    volume.load()  # a clear error for a volume that doesn't exist, before the passphrase
+    try:
+        options = parse_mount_options(args.options)
+    except UserError as error:  # mount(8)'s convention, as for every other mount failure
+        raise UserError(str(error), EXIT_MOUNT_FAILED) from None
+    options.foreground = options.foreground or args.foreground
+    options.passphrase_file = _only_once("passphrase file", args.passphrase_file, options.passphrase_file)
+    home = _only_once("home", args.home, options.home)
+    return mount_volume(Home.resolve(home), name, mountpoint, options)
+
+
+def _only_once(what: str, flag: str | None, option: str | None) -> str | None:
+    if flag and option and os.path.abspath(flag) != option:
+        raise UserError(f"two different {what}s given (the flag and the -o option)", EXIT_MOUNT_FAILED)
+    return flag or option
+
+
+def mount_volume(home: Home, name: str, mountpoint: str, options: MountOptions, *,
+                 fsname: str | None = None) -> int:
+    """Unlock the volume and mount it (usenetfs mount, mount.usenetfs): returns 0 once the
+    mount answers; every failure is a UserError with mount(8)'s exit code 32."""
     from ..backup import bootstrap_keys
-    passphrase = read_passphrase(args.passphrase_file)
-    keys = volume.unlock(passphrase)
-    bootstrap = bootstrap_keys(passphrase, bytes.fromhex(volume.load().volume_id))
-    request = MountRequest(volume=volume, keys=keys, mountpoint=mountpoint,
-                           foreground=args.foreground, bootstrap_keys=bootstrap, **options)
+    from ..mountd import MountRequest, mount
+    try:
+        volume = Volume(home, name)
+        settings = volume.load()  # a clear error for a volume that doesn't exist, before the passphrase
+        passphrase = read_passphrase(options.passphrase_file)
+        keys = volume.unlock(passphrase)
+        bootstrap = bootstrap_keys(passphrase, bytes.fromhex(settings.volume_id))
+    except UserError as error:
+        raise UserError(str(error), EXIT_MOUNT_FAILED) from None
+    request = MountRequest(volume=volume, keys=keys, mountpoint=mountpoint, foreground=options.foreground,
+                           notify_systemd=options.foreground, bootstrap_keys=bootstrap, fsname=fsname,
+                           **options.request_fields())
     return mount(request)
 
 
@@ -175,12 +177,18 @@ def _umount(args) -> int:
 
 
 def _fusermount_unmount(mountpoint: str) -> None:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    command = [tool, "-u", mountpoint] if tool else ["umount", mountpoint]
+    tool = _program("fusermount3") or _program("fusermount")
+    command = [tool, "-u", mountpoint] if tool else [_program("umount") or "umount", mountpoint]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         reason = (result.stderr or result.stdout).strip().splitlines()
         raise UserError(f"cannot unmount {mountpoint}: {reason[-1] if reason else 'unknown error'}")
+
+
+def _program(name: str) -> str | None:
+    # systemd runs ExecStop= and mount helpers with a minimal PATH or none: look in the
+    # system directories too.
+    return shutil.which(name) or shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
 
 
 def _wait_for_exit(pid, seconds: float) -> None:
