@@ -12,7 +12,9 @@ Three kinds of article, all ordinary-looking, encrypted and under derived Messag
 - **the bootstrap**: the passphrase-wrapped key envelope and the settings. Restoring starts
   with nothing but the passphrase and the volume id, so its id and key come from
   `scrypt(passphrase, salt = volume id)`. What it exposes to anyone is what `key.json` holds:
-  a key wrapped by scrypt of the passphrase (choose a strong one).
+  a key wrapped by scrypt of the passphrase (choose a strong one). After `usenetfs passwd`
+  the next backup posts a bootstrap under the new passphrase (new ids); the old one stays
+  on the server (Usenet cannot delete) and still opens with the old passphrase.
 
 Restore reads the bootstrap, unwraps the key, finds the newest manifest by STAT (backups are
 numbered 1, 2, ...), fetches and checks the chunks, and writes the volume's files.
@@ -53,11 +55,15 @@ BOOTSTRAP_LOG_N = 15  # a second scrypt of the passphrase, bound to this volume'
 MAX_BACKUPS_PROBED = 1 << 20
 
 
+def bootstrap_secret(passphrase: str, volume_id: bytes) -> bytes:
+    """What the bootstrap keys come from (`usenetfs passwd` hands it to a running mount)."""
+    return Scrypt(salt=b"usenetfs/bootstrap/v1" + volume_id, length=32, n=1 << BOOTSTRAP_LOG_N,
+                  r=8, p=1).derive(passphrase.encode())
+
+
 def bootstrap_keys(passphrase: str, volume_id: bytes) -> VolumeKeys:
     """Keys only the passphrase holder can derive, bound to one volume."""
-    secret = Scrypt(salt=b"usenetfs/bootstrap/v1" + volume_id, length=32, n=1 << BOOTSTRAP_LOG_N,
-                    r=8, p=1).derive(passphrase.encode())
-    return VolumeKeys(secret)
+    return VolumeKeys(bootstrap_secret(passphrase, volume_id))
 
 
 def _codec(keys: VolumeKeys, ident: SegmentId) -> SegmentCodec:
@@ -138,8 +144,8 @@ async def backup(volume: Volume, settings: VolumeSettings, keys: VolumeKeys, cli
 
 
 async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, client: NNTPClient,
-                  servers: list[str]) -> tuple[Volume, int]:
-    """Rebuild volume `name` in `home` from Usenet alone."""
+                  servers: list[str], progress=None) -> tuple[Volume, int]:
+    """Rebuild volume `name` in `home` from Usenet alone; `progress(chunks_fetched, chunks)`."""
     try:
         scope = bytes.fromhex(volume_id_hex)
         assert len(scope) == 16
@@ -163,6 +169,8 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
 
     async def get(number: int) -> None:
         chunks[number] = await _fetch(client, keys, _chunk_id(scope, seq, manifest["attempt"], number))
+        if progress is not None:
+            progress(sum(chunk is not None for chunk in chunks), len(chunks))
 
     async with trio.open_nursery() as nursery:
         for number in range(manifest["chunks"]):

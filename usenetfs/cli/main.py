@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import server_cmd, volume_cmd
+from . import ops_cmd, server_cmd, volume_cmd
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     volume_cmd.register(commands)
     server_cmd.register(commands)
+    ops_cmd.register(commands)
     return parser
 
 
