@@ -81,7 +81,7 @@ def test_refusing_server_fails_with_one_line(inn_refuse, tmp_path):
 
 @pytest.mark.parametrize("args,fragment", [
     (["server", "test", "http://x"], "scheme"),
-    (["server", "test"], "either a server URL or --local"),
+    (["server", "test"], "give one of: a server URL, --local, --volume NAME"),
     (["server", "test", "nntp://h", "--articles", "0"], "at least 1"),
     (["server", "test", "nntp://h", "--password-file", "/nonexistent"], "cannot read"),
     (["server", "frobnicate"], "invalid choice"),

@@ -9,8 +9,11 @@ waits for that line and returns 0, or raises the child's one-line error (exit 32
 mount(8) expects) — so `usenetfs mount` returns once the mount answers, and a failed
 mount never leaves a stale mountpoint.
 
-While mounted, a Unix socket (volume.control_socket) answers `status` and `flush`
-requests (one JSON object per line) for `usenetfs umount`, `status` and `flush`.
+While mounted, a Unix socket (volume.control_socket, owner-only) answers requests of one
+JSON object per line: `status` (uploads pending, transfer rates, retries, connections,
+cache use, files with problems), `flush` and `verify` (progress lines, then the result),
+`backup`, and `bootstrap` (after `usenetfs passwd`: the next backup posts the key under
+the new passphrase). `usenetfs umount`, `status`, `flush`, `verify` and `passwd` use it.
 On unmount (by fusermount3 -u, umount(8) or SIGTERM) uploads in flight are abandoned:
 their staging files stay and the next mount resumes them.
 """
@@ -25,7 +28,9 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -33,12 +38,15 @@ import trio
 from .codec.segment import tune_malloc
 from .errors import UserError
 from .keys import VolumeKeys
-from .nntp import errors as E
 from .nntp.client import NNTPClient, PoolOptions
-from .nntp.connection import NNTPConnection
-from .nntp.posting import VerifyOptions
+from .nntp.throughput import Throughput
 from .process import process_alive
-from .volume import LOCAL_SERVER, Volume, write_json_atomic
+from .volume import LOCAL_SERVER, Volume, VolumeSettings, write_json_atomic
+
+if TYPE_CHECKING:  # imported where they are used: the CLI loads this module for control requests
+    from .data import FileData
+    from .index import Index
+    from .store import NNTPSegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +115,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     from .data import FileData
     from .fs import Operations, fuse_options
     from .index import Index
-    from .store import NNTPSegmentStore
+    from .session import check_server, segment_store
 
     volume = request.volume
     tune_malloc()
@@ -126,7 +134,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_server.start()
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
-        await _preflight(config)
+        await check_server(config)
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())
@@ -134,11 +142,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             index.delete_inode(ino)  # its staging file, if any, is dropped by recover()
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
         async with NNTPClient(config, pool) as client:
-            # Read back at once, then back off while the server answers 430: a fixed
-            # propagation delay per segment would cap uploads at in-flight / delay.
-            store = NNTPSegmentStore(client, request.keys, settings.group, cipher=settings.cipher,
-                                     pad=settings.pad_articles or None,
-                                     verify=VerifyOptions(delay=0.0, tries=6, interval=1.0))
+            store = segment_store(client, request.keys, settings)
             # Segments in flight mostly wait for their read-back (propagation delay), which
             # holds no connection: keep many in flight so the pool stays busy posting.
             data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
@@ -172,7 +176,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                         return {"ok": True, "backup": seq}
 
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
-                    await nursery.start(_control_server, volume.control_socket, data, client, run_backup)
+                    throughput = Throughput(client.retrier.stats)
+                    nursery.start_soon(throughput.run)
+                    control = _Control(request, settings, index, data, store, client, throughput, run_backup)
+                    await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
                     _signal_ready(ready_fd, "ok")
@@ -255,29 +262,22 @@ def _index_signature(volume: Volume) -> tuple:
     return tuple(out)
 
 
-async def _preflight(config, tries: int = 3) -> None:
-    """One direct connection: the server answers and takes our login, or one clear line.
+@dataclass
+class _Control:
+    """What the control socket's requests work on."""
 
-    A temporary failure (a greeting cut off, a refused connect while a server restarts) is
-    tried again twice, half a second apart; a permanent one (bad password) is not.
-    """
-    for attempt in range(tries):
-        try:
-            conn = await NNTPConnection.open(config)
-        except E.TemporaryError as error:
-            if attempt + 1 == tries:
-                raise UserError(f"server check failed: {error}") from None
-            await trio.sleep(0.5)
-            continue
-        except E.NNTPError as error:
-            raise UserError(f"server check failed: {error}") from None
-        await conn.aclose()
-        return
+    request: MountRequest
+    settings: VolumeSettings  # as read at mount
+    index: Index
+    data: FileData
+    store: NNTPSegmentStore
+    client: NNTPClient
+    throughput: Throughput
+    run_backup: Callable[[], Awaitable[dict]]
 
 
-async def _control_server(path, data, client, run_backup, *,
-                          task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer `status`, `flush` and `backup` on a Unix socket (owner-only)."""
+async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests on a Unix socket (owner-only), one session per connection."""
     _remove(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener.bind(str(path))
@@ -287,58 +287,136 @@ async def _control_server(path, data, client, run_backup, *,
     async with trio.open_nursery() as nursery:
         while True:
             sock, _ = await listener.accept()
-            nursery.start_soon(_control_session, trio.SocketStream(sock), data, client, run_backup)
+            nursery.start_soon(_control_session, trio.SocketStream(sock), control)
 
 
-async def _control_session(stream: trio.SocketStream, data, client, run_backup) -> None:
-    async with stream:
-        buffer = b""
-        while b"\n" not in buffer:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return
-            buffer += chunk
-        try:
-            request = json.loads(buffer.split(b"\n", 1)[0])
-            op = request.get("op")
-        except (ValueError, AttributeError):
-            op = None
+async def _control_session(stream: trio.SocketStream, control: _Control) -> None:
+    try:
+        async with stream:
+            await _answer(stream, control)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        # The client went away (Ctrl-C on `usenetfs flush`, say): its request is dropped
+        # (a verify stops; a flush goes on in the uploader anyway). Never the mount's end.
+        log.info("a control client disconnected before its answer")
 
-        async def send(obj) -> None:
-            await stream.send_all(json.dumps(obj).encode() + b"\n")
 
+async def _answer(stream: trio.SocketStream, control: _Control) -> None:
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return
+        buffer += chunk
+    try:
+        request = json.loads(buffer.split(b"\n", 1)[0])
+        op = request.get("op")
+    except (ValueError, AttributeError):
+        request, op = {}, None
+
+    async def send(obj) -> None:
+        await stream.send_all(json.dumps(obj).encode() + b"\n")
+
+    data = control.data
+    try:
         if op == "status":
-            await send({"pending": data.pending(), "nntp": client.stats()})
+            await send(await _status(control))
         elif op == "flush":
-            latest = {"done": 0, "total": 0}
-            finished = trio.Event()
-
-            def progress(done: int, total: int) -> None:  # called synchronously by flush_all
-                latest.update(done=done, total=total)
-
-            async def report() -> None:
-                while not finished.is_set():
-                    await send(dict(latest))
-                    with trio.move_on_after(0.5):
-                        await finished.wait()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(report)
-                await data.flush_all(progress)
-                finished.set()
+            await _with_progress(send, data.flush_all)
             await send({"ok": True, "pending": data.pending()})
+        elif op == "verify":
+            from .verify import Verifier
+
+            async def verify(progress):
+                verifier = Verifier(control.index, control.store, sample=request.get("sample"),
+                                    repair=bool(request.get("repair")), source=data.cached_payload,
+                                    on_repaired=data.segment_repaired, progress=progress,
+                                    concurrency=2 * control.client.pool.cap)
+                return await verifier.run()
+
+            report = await _with_progress(send, verify)
+            await send({"report": report.as_dict()})
         elif op == "backup":
             try:
-                await send(await run_backup())
+                await send(await control.run_backup())
             except Exception as error:  # noqa: BLE001 - reported to the caller, logged here
                 log.exception("index backup failed")
                 await send({"error": f"index backup failed: {error}"})
+        elif op == "bootstrap":
+            # `usenetfs passwd` changed the passphrase: backups post the key under the new one.
+            control.request.bootstrap_keys = VolumeKeys(bytes.fromhex(request["secret"]))
+            log.info("passphrase changed: the next backup posts the key under the new one")
+            await send({"ok": True})
         else:
             await send({"error": f"unknown request {op!r}"})
+    except* UserError as group:
+        await send({"error": str(group.exceptions[0])})
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise  # the client went away: _control_session logs it
+    except* Exception as group:  # a bug: the request fails, the mount goes on
+        log.error("control request %r failed", op, exc_info=group)
+        await send({"error": f"the mount daemon failed to answer {op!r}: {group.exceptions[0]!r} "
+                             "(see its log)"})
 
 
-async def control_request(volume: Volume, op: str, on_line=None) -> dict:
-    """Client side of the control socket: send one request, return the final answer."""
+async def _with_progress(send, work):
+    """`await work(progress)`, sending the latest progress(done, total) as a line
+    {"done", "total"} every half second meanwhile."""
+    latest = {"done": 0, "total": 0}
+    finished = trio.Event()
+
+    def progress(done: int, total: int) -> None:  # called synchronously by the work
+        latest.update(done=done, total=total)
+
+    async def report() -> None:
+        while not finished.is_set():
+            await send(dict(latest))
+            with trio.move_on_after(0.5):
+                await finished.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        try:
+            return await work(progress)
+        finally:
+            finished.set()
+
+
+MAX_HEALTH_FILES = 20  # files with problems named in a status answer (the rest are counted)
+
+
+async def _status(control: _Control) -> dict:
+    from .index.schema import STATE_NAMES
+    from .verify import file_paths
+
+    data, client, pool = control.data, control.client, control.client.pool
+    nntp = client.stats()
+    unhealthy = data.unhealthy()
+    named = unhealthy[:MAX_HEALTH_FILES]
+    paths = await file_paths(control.index, named) if named else {}
+    settings = control.settings
+    return {
+        "volume": control.request.volume.name,
+        "mountpoint": control.request.mountpoint,
+        "pid": os.getpid(),
+        "pending": data.pending(),
+        "segments": dict(zip(STATE_NAMES, control.index.stats().segments)),
+        "transfer": control.throughput.rates(),
+        "retries": nntp["retries"],
+        "failures": nntp["failures"],
+        "connections": {"in_use": pool.in_use, "open": pool.open_count, "cap": pool.cap,
+                        "configured": settings.connections,
+                        "learned_limit": pool.learned_limit or settings.learned_connection_limit},
+        "cache": {"memory_bytes": data.cache.size, "memory_limit": data.cache.capacity,
+                  "staging_bytes": data.staging.used, "staging_limit": data.staging.limit},
+        "health": [{"inode": ino, "paths": paths.get(ino, []), "problem": data.health(ino)} for ino in named],
+        "unhealthy_files": len(unhealthy),
+        "nntp": nntp,
+    }
+
+
+async def control_request(volume: Volume, op: str, on_line=None, **params) -> dict:
+    """Client side of the control socket: send one request (`params` go along), pass
+    progress lines ({"done", "total"}) to `on_line`, return the final answer."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.connect(str(volume.control_socket))
@@ -347,7 +425,7 @@ async def control_request(volume: Volume, op: str, on_line=None) -> dict:
         raise UserError(f"cannot reach the mount daemon of {volume.name!r}: {exc.strerror}") from None
     stream = trio.SocketStream(sock)
     async with stream:
-        await stream.send_all(json.dumps({"op": op}).encode() + b"\n")
+        await stream.send_all(json.dumps({"op": op, **params}).encode() + b"\n")
         buffer = b""
         while True:
             chunk = await stream.receive_some(65536)
@@ -357,8 +435,9 @@ async def control_request(volume: Volume, op: str, on_line=None) -> dict:
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 answer = json.loads(line)
-                if "done" in answer and on_line:
-                    on_line(answer)
+                if "done" in answer:
+                    if on_line is not None:
+                        on_line(answer)
                     continue
                 if "error" in answer:
                     raise UserError(answer["error"])

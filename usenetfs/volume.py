@@ -212,9 +212,12 @@ def find_mounted(home: Home, mountpoint: str | os.PathLike) -> Volume:
     raise UserError(f"no usenetfs volume of this home is mounted at {mountpoint}")
 
 
-def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> str:
-    """From a file (first line), $USENETFS_PASSPHRASE_FILE, or a prompt on a terminal."""
-    path = passphrase_file or os.environ.get("USENETFS_PASSPHRASE_FILE")
+def read_passphrase(passphrase_file: str | None, *, confirm: bool = False, prompt: str = "Passphrase",
+                    option: str = "--passphrase-file", environment: bool = True) -> str:
+    """From a file (first line), $USENETFS_PASSPHRASE_FILE (unless `environment` is
+    False: a new passphrase must not default to the current one), or a prompt on a
+    terminal. `option` names the command's option in the error for none of these."""
+    path = passphrase_file or (os.environ.get("USENETFS_PASSPHRASE_FILE") if environment else None)
     if path:
         try:
             text = Path(path).read_text()
@@ -222,11 +225,12 @@ def read_passphrase(passphrase_file: str | None, *, confirm: bool = False) -> st
             raise UserError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
         passphrase = text.splitlines()[0] if text else ""
     elif sys.stdin.isatty():
-        passphrase = getpass.getpass("Passphrase: ")
-        if confirm and getpass.getpass("Passphrase again: ") != passphrase:
+        passphrase = getpass.getpass(f"{prompt}: ")
+        if confirm and getpass.getpass(f"{prompt} again: ") != passphrase:
             raise UserError("the passphrases do not match")
     else:
-        raise UserError("no passphrase: give --passphrase-file or set USENETFS_PASSPHRASE_FILE")
+        hint = " or set USENETFS_PASSPHRASE_FILE" if environment else ""
+        raise UserError(f"no passphrase: give {option}{hint}")
     if not passphrase:
         raise UserError("the passphrase is empty")
     return passphrase

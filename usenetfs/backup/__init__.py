@@ -17,7 +17,7 @@ manifest.py, articles.py (one article, posted or fetched), bootstrap.py, post.py
 backup, step by step), restore.py, bounded.py (a few chunks at a time).
 """
 
-from .bootstrap import bootstrap_keys, fetch_bootstrap, post_bootstrap
+from .bootstrap import bootstrap_keys, bootstrap_secret, fetch_bootstrap, post_bootstrap
 from .post import BackupRun, BackupStats, backup, post_backup
 from .restore import newest_backup, restore
 
@@ -26,6 +26,7 @@ __all__ = [
     "BackupStats",
     "backup",
     "bootstrap_keys",
+    "bootstrap_secret",
     "fetch_bootstrap",
     "newest_backup",
     "post_backup",

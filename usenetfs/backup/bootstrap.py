@@ -34,12 +34,16 @@ BOOTSTRAP_NUMBER = (1 << 63) - 1
 BOOTSTRAP_LOG_N = 15  # a second scrypt of the passphrase, bound to this volume's id
 
 
+def bootstrap_secret(passphrase: str, volume_id: bytes) -> bytes:
+    """What the bootstrap keys come from (`usenetfs passwd` hands it to a running mount).
+    ~0.1 s of scrypt: call it in a thread from an event loop."""
+    return Scrypt(salt=b"usenetfs/bootstrap/v1" + volume_id, length=32, n=1 << BOOTSTRAP_LOG_N,
+                  r=8, p=1).derive(passphrase.encode())
+
+
 def bootstrap_keys(passphrase: str, volume_id: bytes) -> VolumeKeys:
-    """Keys only the passphrase holder can derive, bound to one volume. ~0.1 s of scrypt:
-    call it in a thread from an event loop."""
-    secret = Scrypt(salt=b"usenetfs/bootstrap/v1" + volume_id, length=32, n=1 << BOOTSTRAP_LOG_N,
-                    r=8, p=1).derive(passphrase.encode())
-    return VolumeKeys(secret)
+    """Keys only the passphrase holder can derive, bound to one volume."""
+    return VolumeKeys(bootstrap_secret(passphrase, volume_id))
 
 
 def bootstrap_ident(volume_id: bytes) -> SegmentId:

@@ -45,9 +45,9 @@ CONCURRENCY = 16  # chunks fetched at a time
 
 
 async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, client: NNTPClient,
-                  servers: list[str], *, concurrency: int = CONCURRENCY) -> tuple[Volume, int]:
+                  servers: list[str], progress=None, *, concurrency: int = CONCURRENCY) -> tuple[Volume, int]:
     """Rebuild volume `name` in `home` from the newest index backup on the server; return
-    the volume and the backup's number."""
+    the volume and the backup's number. `progress(chunks_fetched, chunks)` as it goes."""
     try:
         scope = bytes.fromhex(volume_id_hex)
         if len(scope) != 16:
@@ -58,7 +58,7 @@ async def restore(home: Home, name: str, volume_id_hex: str, passphrase: str, cl
     if volume.exists():
         raise UserError(f"volume {name!r} already exists in this home")
     try:
-        return await _Restore(volume, scope, client, concurrency).run(passphrase, servers)
+        return await _Restore(volume, scope, client, concurrency, progress).run(passphrase, servers)
     except E.NNTPError as error:
         raise UserError(f"restore failed: {error}") from None
     except OSError as error:  # a full disk, a read-only home
@@ -86,8 +86,9 @@ async def newest_backup(client: NNTPClient, keys: VolumeKeys, scope: bytes) -> i
 
 
 class _Restore:
-    def __init__(self, volume: Volume, scope: bytes, client: NNTPClient, concurrency: int):
+    def __init__(self, volume: Volume, scope: bytes, client: NNTPClient, concurrency: int, progress=None):
         self.volume = volume
+        self.progress = progress
         self.scope = scope
         self.client = client
         self.concurrency = concurrency
@@ -149,6 +150,7 @@ class _Restore:
             places[ref].append(number)  # equal chunks (runs of free pages) are fetched once
         size, db_size = manifest.chunk_size, manifest.db_size
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fetched = 0
         try:
             os.ftruncate(fd, db_size)
 
@@ -161,6 +163,10 @@ class _Restore:
                         raise UserError(f"index backup {self.seq} is damaged: chunk {number} holds "
                                         f"{len(data)} bytes, {expected} expected")
                     await trio.to_thread.run_sync(os.pwrite, fd, data, number * size, limiter=self.limiter)
+                nonlocal fetched
+                fetched += len(numbers)
+                if self.progress is not None:
+                    self.progress(fetched, len(chunk_list))
 
             await for_each(list(places), get, self.concurrency)
             await trio.to_thread.run_sync(os.fsync, fd)

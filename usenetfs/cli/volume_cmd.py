@@ -24,6 +24,8 @@ from ..home import Home
 from ..process import process_alive
 from ..volume import DEFAULT_NAME, LOCAL_SERVER, Volume, find_mounted, list_volumes, read_passphrase
 from .mount_options import MountOptions, parse_mount_options
+from .ops_cmd import wait_for_uploads
+from .progress import Progress
 
 EXIT_MOUNT_FAILED = 32  # mount(8)'s "mount failure"
 
@@ -148,14 +150,6 @@ def _umount(args) -> int:
     home = _home(args)
     volume = find_mounted(home, args.mountpoint)
     info = volume.mount_info()
-    tty = sys.stderr.isatty()
-
-    def progress(answer: dict) -> None:
-        if tty:
-            done, total = answer["done"], max(1, answer["total"])
-            print(f"\rposting: {done / 1e6:8.1f} of {total / 1e6:.1f} MB ({100 * done / total:3.0f}%)",
-                  end="", file=sys.stderr, flush=True)
-
     if args.no_wait:
         status = trio.run(control_request, volume, "status")
         pending = status["pending"]
@@ -163,9 +157,7 @@ def _umount(args) -> int:
             print(f"usenetfs: {pending.get('files', 0)} files ({pending.get('bytes', 0) / 1e6:.1f} MB) "
                   "not posted yet; they will be posted at the next mount", file=sys.stderr)
     else:
-        trio.run(control_request, volume, "flush", progress)
-        if tty:
-            print(file=sys.stderr)
+        wait_for_uploads(volume)
         try:  # so a lost machine doesn't lose the volume
             trio.run(control_request, volume, "backup")
         except UserError as error:  # the data is posted: don't keep the mount hostage
@@ -236,10 +228,12 @@ def _restore(args) -> int:
 
     async def run():
         async with NNTPClient(config, policies=scaled_policies(0.1)) as client:
-            return await restore(home, args.name, args.volume_id, passphrase, client, servers)
+            return await restore(home, args.name, args.volume_id, passphrase, client, servers,
+                                 progress.update)
 
     try:
-        volume, seq = trio.run(run)
+        with Progress("fetching the index", unit="chunks") as progress:
+            volume, seq = trio.run(run)
     finally:
         if server is not None and started_here:
             server.stop()
@@ -283,8 +277,13 @@ def _fsck(args) -> int:
     volume = _offline_volume(args, args.volume)
     index = Index.open(volume.index_file)
     try:
-        problems = index.fsck(repair=not args.no_repair)
-        remaining = index.fsck(repair=False) if problems and not args.no_repair else problems
+        with Progress("fsck", unit="steps") as progress:
+            problems = index.fsck(repair=not args.no_repair, progress=progress.update)
+        if problems and not args.no_repair:
+            with Progress("fsck (checking the repairs)", unit="steps") as progress:
+                remaining = index.fsck(repair=False, progress=progress.update)
+        else:
+            remaining = problems
     finally:
         index.close()
     for problem in problems:

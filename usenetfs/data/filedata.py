@@ -173,6 +173,20 @@ class FileData:
         problems.extend(self.reader.health(ino))
         return "ok" if not problems else "; ".join(problems)
 
+    def unhealthy(self) -> list[int]:
+        """Inodes known to have a problem (failed reads, failing uploads): what `health`
+        would not answer "ok" for, without querying the index. For status reports."""
+        failing = [ino for ino, d in self.staging.files.items() if d.failures]
+        return sorted(set(failing) | set(self.reader.bad))
+
+    def cached_payload(self, seg: int) -> bytes | None:
+        """Segment `seg`'s payload if the read cache holds it (verify --repair re-posts it)."""
+        return self.cache.get(seg)
+
+    def segment_repaired(self, seg: int) -> None:
+        """`seg` was posted again under a new generation: forget the read failures it caused."""
+        self.reader.repaired(seg)
+
     # ------------------------------------------------------------------ reads
 
     async def read(self, ino: int, offset: int, length: int, size: int) -> bytes:

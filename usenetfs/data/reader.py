@@ -79,6 +79,13 @@ class Reader:
         self._extents.pop(ino, None)
         self.bad.pop(ino, None)
 
+    def repaired(self, seg: int) -> None:
+        """Segment `seg` was posted again (verify --repair): reads of it will work now."""
+        for ino in [ino for ino, record in self.bad.items() if seg in record]:
+            del self.bad[ino][seg]
+            if not self.bad[ino]:
+                del self.bad[ino]
+
     def forget(self, ino: int) -> None:
         self._extents.pop(ino, None)
         self._seq.pop(ino, None)

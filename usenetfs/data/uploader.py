@@ -438,15 +438,7 @@ class Uploader:
         plan.done[k] = result
 
     def _record_posted(self, seg: int, generation: int, result: PutResult) -> None:
-        with self.index.batch():
-            # post_verified moved on to a later generation only after the earlier one was
-            # verified missing: record each step (posted, missing) so the index's
-            # generation is the one that was verified.
-            while generation < result.generation:
-                self.index.mark_posted(seg, generation, result.stored_size, result.crc32)
-                self.index.mark_missing(seg, generation)
-                generation += 1
-            self.index.mark_posted(seg, result.generation, result.stored_size, result.crc32)
+        self.index.mark_stored(seg, generation, result.generation, result.stored_size, result.crc32)
 
     def _commit(self, job: _Job, plan: _Plan) -> None:
         """One transaction: segments verified, every surviving member's extents replaced.

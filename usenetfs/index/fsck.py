@@ -442,22 +442,22 @@ class _Fsck:
 
             self.w(_UPDATE_COUNTERS, [truth[n] for n in COUNTER_NAMES])
 
-    def run(self) -> list[str]:
-        self.root()
-        self.dentries()
-        self.tree()
-        self.nameless()
-        self.nlinks()
-        self.inode_data()
-        self.missing_segments()
-        self.refcounts()
-        self.counters()
+    def run(self, progress=None) -> list[str]:
+        steps = (self.root, self.dentries, self.tree, self.nameless, self.nlinks, self.inode_data,
+                 self.missing_segments, self.refcounts, self.counters)
+        for done, step in enumerate(steps):
+            if progress is not None:
+                progress(done, len(steps))
+            step()
+        if progress is not None:
+            progress(len(steps), len(steps))
         return self.problems
 
 
-def check(ix: Index, repair: bool) -> list[str]:
+def check(ix: Index, repair: bool, progress=None) -> list[str]:
+    """`progress(steps_done, steps)` is called before each of the nine steps and at the end."""
     if ix._depth:
         raise RuntimeError("fsck cannot run inside a batch")
     # One transaction either way: a consistent snapshot for the check, atomic repairs.
     with ix._txn:
-        return _Fsck(ix, repair).run()
+        return _Fsck(ix, repair).run(progress)

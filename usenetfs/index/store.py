@@ -940,6 +940,18 @@ class Index:
             self._set_state(state, MISSING)
             return True
 
+    def mark_stored(self, seg: int, generation: int, stored_generation: int, stored_size: int, crc32: int) -> bool:
+        """A put that started at `generation` ended verified under `stored_generation`
+        (post_verified moves on only after a generation was verified missing): record each
+        step (posted, missing) and the stored generation as posted, in one transaction, so
+        the index's generation is the one that was verified. mark_posted's answer."""
+        with self._txn:
+            while generation < stored_generation:
+                self.mark_posted(seg, generation, stored_size, crc32)
+                self.mark_missing(seg, generation)
+                generation += 1
+            return self.mark_posted(seg, stored_generation, stored_size, crc32)
+
     def mark_failed(self, seg: int) -> int:
         """Count a failed POST of the current generation; returns the count so far."""
         with self._txn:
@@ -1116,12 +1128,13 @@ class Index:
             c["stored_bytes"],
         )
 
-    def fsck(self, repair: bool = False) -> list[str]:
+    def fsck(self, repair: bool = False, progress=None) -> list[str]:
         """Check every invariant with full scans (offline); with repair, fix what can be
-        fixed in one transaction. Returns the problems found (empty: clean)."""
+        fixed in one transaction. Returns the problems found (empty: clean).
+        `progress(steps_done, steps)` follows its steps."""
         from .fsck import check
 
-        return check(self, repair)
+        return check(self, repair, progress)
 
     def query_plan(self, name: str, params=()) -> list[str]:
         """EXPLAIN QUERY PLAN of one of the hot statements in SQL (for tests and tuning)."""

@@ -34,12 +34,14 @@ DEFAULT_PAD = 716_800  # `pad=True` pads every article as if it held a full 700 
 
 
 class SegmentUnavailable(UsenetfsError):
-    """Segment `segment` (segments.id) cannot be read: `reason` says why."""
+    """Segment `segment` (segments.id) cannot be read: `reason` says why. `missing`: there
+    is no article under its id (otherwise there is one, and it is not what we posted)."""
 
-    def __init__(self, segment: int, reason: str):
+    def __init__(self, segment: int, reason: str, *, missing: bool = False):
         super().__init__(f"segment {segment}: {reason}")
         self.segment = segment
         self.reason = reason
+        self.missing = missing
 
 
 class PutResult(NamedTuple):

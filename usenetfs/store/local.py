@@ -104,7 +104,9 @@ class LocalSegmentStore:
         try:
             body = self.path_for(seg, scope_id).read_bytes()
         except FileNotFoundError:
-            raise SegmentUnavailable(seg.id, f"article not found (generation {seg.generation})") from None
+            raise SegmentUnavailable(
+                seg.id, f"article not found (generation {seg.generation})", missing=True
+            ) from None
         try:
             payload = make_codec(self.keys.data_key, ident, cipher=self.cipher, pad=self.pad_to).decode(ident, body)
         except CodecError as e:

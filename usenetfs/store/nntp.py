@@ -128,7 +128,9 @@ class NNTPSegmentStore:
         try:
             body = await self.client.body(message_id)
         except ArticleNotFound:
-            raise SegmentUnavailable(seg.id, f"article not found (generation {seg.generation})") from None
+            raise SegmentUnavailable(
+                seg.id, f"article not found (generation {seg.generation})", missing=True
+            ) from None
         try:
             payload = await trio.to_thread.run_sync(self._decode, ident, body, limiter=self.limiter)
         except CodecError as e:
