@@ -43,6 +43,22 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext:
     return context
 
 
+def _ack_now(sock) -> None:
+    """ACK what was just received, now. Servers such as INN's nnrpd write a response's
+    status line and its body separately without TCP_NODELAY, so Nagle holds the body until
+    the status line is ACKed, and a client in delayed-ACK mode waits 40 ms to do that:
+    every response under about 64 KB took 40 ms instead of 0.2 ms. (Linux resets
+    TCP_QUICKACK by itself, hence after every receive.)"""
+    if _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 class _PlainTransport:
     """TCP with recv_into straight into the response buffer (no per-chunk bytes)."""
 
@@ -53,7 +69,9 @@ class _PlainTransport:
         await self.stream.send_all(data)
 
     async def receive_into(self, view: memoryview) -> int:
-        return await self.stream.socket.recv_into(view)
+        n = await self.stream.socket.recv_into(view)
+        _ack_now(self.stream.socket)
+        return n
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -68,6 +86,7 @@ class _TLSTransport:
 
     async def receive_into(self, view: memoryview) -> int:
         data = await self.stream.receive_some(len(view))
+        _ack_now(self.stream.transport_stream.socket)
         view[: len(data)] = data
         return len(data)
 
