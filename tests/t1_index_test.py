@@ -718,6 +718,29 @@ def test_replace_extents_is_the_whole_map(ix: Index):
     assert ix.stats().segments == (0, 0, 0, 0, 5)
 
 
+def test_replace_extent_range_touches_only_its_range(ix: Index):
+    f = mkfile(ix, b"f", 60)
+    old = ix.new_segment_run(1, 6, 10)
+    ix.set_extents(f, [extent(0, 60, old, 0, 10)])
+    # A streamed upload committed [0, 30); the rest [30, 60) follows as its own run, which
+    # the allocator placed right after: the two runs merge into one row.
+    part1 = ix.new_segment_run(1, 3, 10)
+    ix.replace_extent_range(f, 0, 30, [extent(0, 30, part1, 0, 10)])
+    assert ix.extents(f) == [ExtentRow(f, 0, 30, part1, 0, 3, 10), ExtentRow(f, 30, 30, old + 3, 0, 3, 10)]
+    assert [ix.segment(s).state for s in range(old, old + 6)] == [DEAD] * 3 + [PENDING] * 3
+    part2 = ix.new_segment_run(1, 3, 10)
+    assert part2 == part1 + 3
+    ix.replace_extent_range(f, 30, 1 << 40, [extent(30, 30, part2, 0, 10)])
+    assert ix.extents(f) == [ExtentRow(f, 0, 60, part1, 0, 6, 10)]
+    assert ix.stats().segments[4] == 6  # the whole old run is garbage now
+    # A range with no rows is a hole; rows outside the range are refused.
+    ix.replace_extent_range(f, 10, 20, [])
+    assert [(r.offset, r.length) for r in ix.extents(f)] == [(0, 10), (20, 40)]
+    with pytest.raises(ValueError, match="outside"):
+        ix.replace_extent_range(f, 10, 20, [extent(0, 30, part1, 0, 10)])
+    assert ix.fsck() == []
+
+
 def test_punch_hole(ix: Index):
     f = mkfile(ix, b"f", 40)
     first = ix.new_segment_run(1, 4, 10)

@@ -247,7 +247,7 @@ async def test_small_files_in_a_directory_are_packed(index, store, tmp_path):
 
 
 async def test_sparse_large_file_has_no_extents_for_holes(index, store, tmp_path):
-    async with mounted(index, store, tmp_path / "cache") as fs:
+    async with mounted(index, store, tmp_path / "cache", stream_segments=1000) as fs:
         ino = await fs.create(b"sparse")
         head, tail = os.urandom(100_000), os.urandom(100_000)
         await fs.write(ino, 0, head)
@@ -261,6 +261,60 @@ async def test_sparse_large_file_has_no_extents_for_holes(index, store, tmp_path
     assert rows[1].segment <= rows[0].last_segment + 1  # both inside one run
     data = await fresh_read(index, store, tmp_path, ino)
     assert data == head + bytes(3_000_000 - 100_000) + tail
+
+
+async def test_a_file_being_written_streams_out_before_it_is_closed(index, store, tmp_path):
+    content = os.urandom(30 * SEG + 123)
+    async with mounted(index, store, tmp_path / "cache", stream_segments=4) as fs:
+        ino = await fs.create(b"big")
+        for pos in range(0, 20 * SEG, SEG // 2):
+            await fs.write(ino, pos, content[pos : pos + SEG // 2])
+        d = fs.data.staging.files[ino]
+        await wait_until(lambda: d.clean_upto >= 16 * SEG)  # posted while still open
+        assert d.open_for_write and index.extents(ino)
+        assert index.stats().segments[2] >= 16  # verified
+        first_part = segments_of(index, ino)
+        await fs.write(ino, 20 * SEG, content[20 * SEG :])
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+        assert fs.data.dirty_size(ino) is None
+    assert first_part <= segments_of(index, ino)  # the streamed part was not posted again
+    assert len(segments_of(index, ino)) == 31
+    assert index.get_inode(ino).size == len(content)
+    assert await fresh_read(index, store, tmp_path, ino) == content
+    assert index.fsck() == []
+
+
+async def test_a_streamed_range_written_again_is_uploaded_again(index, store, tmp_path):
+    content = bytearray(os.urandom(12 * SEG))
+    async with mounted(index, store, tmp_path / "cache", stream_segments=4) as fs:
+        ino = await fs.create(b"big")
+        await fs.write(ino, 0, bytes(content))
+        d = fs.data.staging.files[ino]
+        await wait_until(lambda: d.clean_upto == 12 * SEG and d.job is None)
+        content[5 * SEG + 7 : 5 * SEG + 1007] = os.urandom(1000)  # below what is clean
+        await fs.write(ino, 5 * SEG + 7, bytes(content[5 * SEG + 7 : 5 * SEG + 1007]))
+        assert d.clean_upto == 5 * SEG + 7
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, ino) == bytes(content)
+    assert index.fsck() == []
+
+
+async def test_appending_to_a_clean_file_uploads_only_the_new_bytes(index, store, tmp_path):
+    head, tail = os.urandom(10 * SEG), os.urandom(SEG + 5)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", head)
+        await fs.data.flush_all()
+        before = segments_of(index, ino)
+        await fs.data.open_for_write(ino, len(head), truncate=False)
+        await fs.write(ino, len(head), tail)  # materialises, then appends
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+    after = segments_of(index, ino)
+    assert before < after and len(after - before) == 2  # the tail's segments only
+    assert await fresh_read(index, store, tmp_path, ino) == head + tail
+    assert index.fsck() == []
 
 
 async def test_overwrite_part_of_a_clean_file_materialises_it(index, store, tmp_path):
@@ -281,8 +335,12 @@ async def test_overwrite_part_of_a_clean_file_materialises_it(index, store, tmp_
         fs.data.release(ino, ROOT_INODE)
         await fs.data.flush_all()
     assert await fresh_read(index, store, tmp_path, ino) == bytes(content)
-    for seg in old_segments:
-        assert index.segment(seg).state == DEAD  # replaced: garbage now
+    # Only what follows the first byte written again is uploaded again: the old segments
+    # holding bytes before it stay in use, the others are garbage now.
+    first = min(old_segments)
+    states = [index.segment(seg).state for seg in sorted(old_segments)]
+    assert states == [VERIFIED, VERIFIED, DEAD, DEAD]
+    assert segments_of(index, ino) >= {first, first + 1}
     assert index.stats().garbage_bytes > 0
 
 

@@ -29,6 +29,10 @@ Who owns what:
   (drop). `write` does wait-for-space and materialise (awaits) FIRST, then re-checks the
   record and does pwrite + counter bump + size update with no await in between and none
   after: the fs's index size update that follows `await write()` is atomic with it.
+- `DirtyFile.clean_upto` / `changed_from`: lowered by every write and truncate (in
+  `Staging.pwrite/truncate`), `changed_from` reset when a job starts on the file, and
+  `clean_upto` raised only by a streamed job's commit after checking `changed_from`, with
+  no await in between.
 - The cached staging descriptors: trio thread only (threads open their own by path, as
   the LRU may close a cached one at any await).
 - `DirtyFile.due/heap_due/not_before/job/failures`: the uploader. `DirtyFile.job` is set

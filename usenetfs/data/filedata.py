@@ -54,6 +54,7 @@ class FileData:
         read_retry_delay: float = 0.5,
         sync_delay: float = 1.0,  # commit -> index checkpoint -> staging unlink (s)
         commit_interval: float = 1.0,  # a write is durable (power cut) this long after it (s)
+        stream_segments: int = 0,  # upload a file being written once this many segments wait (0: off)
         scope: int = VOLUME_SCOPE,  # scopes.id the segments are made under
     ) -> None:
         if pack_threshold > segment_size:
@@ -88,6 +89,7 @@ class FileData:
             retry_max=retry_max,
             on_commit=self.reader.replaced,
             sync_delay=sync_delay,
+            stream_segments=stream_segments,
         )
         self._writers: set[int] = set()  # inodes a writer holds open (open_for_write .. release)
         self._locks: dict[int, trio.Lock] = {}  # ino -> materialisation lock
@@ -256,16 +258,21 @@ class FileData:
         self.index.sync()
 
     async def _commit_loop(self) -> None:
-        """Every `commit_interval`, make what was written since durable: one batch of
-        fsyncs in a worker thread, then the index. This is what makes a closed file
+        """Every `commit_interval`, make what closed files had written durable: one batch
+        of fsyncs in a worker thread, then the index. This is what makes a closed file
         survive a power cut without close() waiting for a disk flush (ext4's commit
         interval plays the same part); fsync() does it at once for one file."""
         while True:
             await trio.sleep(self.commit_interval)
             if not self._unsynced:
                 continue
-            inos, self._unsynced = self._unsynced, set()
-            paths = [self.staging.path(ino) for ino in inos if ino in self.staging.files]
+            # Files still open for writing wait for their close (or fsync): nothing is
+            # promised for them before, and an fsync per second of a file being copied
+            # would stall the copy on writeback.
+            files = self.staging.files
+            inos = {ino for ino in self._unsynced if ino not in files or not files[ino].open_for_write}
+            self._unsynced -= inos
+            paths = [self.staging.path(ino) for ino in inos if ino in files]
             try:
                 await trio.to_thread.run_sync(fsync_paths, paths, self.staging.directory)
                 self.index.sync()
@@ -370,7 +377,9 @@ class FileData:
             if self._tokens.get(ino) is token:
                 del self._tokens[ino]
         log.debug("inode %d: materialised %d bytes for writing", ino, size)
-        self._adopted(self.staging.adopt(ino, fd=fd))
+        d = self.staging.adopt(ino, fd=fd)
+        d.clean_upto = size  # what the index holds: an append uploads only what is new
+        self._adopted(d)
 
     def _adopted(self, d: DirtyFile) -> None:
         if d.ino in self._writers:

@@ -33,6 +33,7 @@ from cachetools import LRUCache
 # Holes shorter than this are stored as the zeros they are: a data region per 4 KiB block
 # of a fragmented sparse file would cost an extent row each for nothing.
 MIN_HOLE = 64 * 1024
+UNCHANGED = 1 << 62  # DirtyFile.changed_from: nothing written since the job started
 
 
 class DirtyFile:
@@ -43,6 +44,8 @@ class DirtyFile:
         "size",
         "alloc",
         "writes",
+        "clean_upto",
+        "changed_from",
         "open_for_write",
         "group",
         "due",
@@ -58,6 +61,13 @@ class DirtyFile:
         self.size = size  # the staging file's length == the file's size while dirty
         self.alloc = alloc  # bytes it occupies on disk (st_blocks * 512)
         self.writes = 0  # bumped by every write/truncate: "was it written meanwhile?"
+        # Bytes [0, clean_upto) of the staging file are what verified extents in the index
+        # already hold (streamed while it was being written, or materialised): an upload
+        # needs only the rest. Lowered by every write or truncate below it.
+        self.clean_upto = 0
+        # The lowest offset written or truncated to since the current upload job started
+        # (the uploader resets it): did the bytes that job read change meanwhile?
+        self.changed_from = UNCHANGED
         self.open_for_write = False  # a writer holds it open (set by open_for_write, cleared by release)
         self.group: int | None = None  # packing key (the parent directory), known after release
         # Uploader scheduling (uploader.py owns these):
@@ -249,6 +259,8 @@ class Staging:
             view = view[n:]
             pos += n
         d.writes += 1
+        d.changed_from = min(d.changed_from, offset)
+        d.clean_upto = min(d.clean_upto, offset)
         if pos > d.size:
             self.total_size += pos - d.size
             d.size = pos
@@ -259,6 +271,8 @@ class Staging:
         fd = self.fd(d.ino)
         os.ftruncate(fd, size)
         d.writes += 1
+        d.changed_from = min(d.changed_from, size)
+        d.clean_upto = min(d.clean_upto, size)
         self.total_size += size - d.size
         d.size = size
         self._account(d, fd)
@@ -385,4 +399,4 @@ def read_virtual(sources: list[tuple[Path, list[tuple[int, int]]]], start: int, 
     return bytes(out)
 
 
-__all__ = ["DirtyFile", "MIN_HOLE", "Staging", "data_regions", "fsync_paths", "read_virtual"]
+__all__ = ["DirtyFile", "MIN_HOLE", "UNCHANGED", "Staging", "data_regions", "fsync_paths", "read_virtual"]

@@ -1026,6 +1026,29 @@ class Index:
             self._replace_rows(self.extents(ino), new, changes)
             self._apply_refcounts(changes)
 
+    def replace_extent_range(self, ino: int, start: int, end: int, rows: Iterable[ExtentRow]) -> None:
+        """Make `rows` (non-overlapping, inside [start, end)) the extent map of file bytes
+        [start, end): what mapped them before is cut away, bytes the rows do not cover
+        become holes, and nothing outside the range changes. An upload of part of a file
+        (streamed while it is written, or the rest after that) commits with this."""
+        if not 0 <= start <= end:
+            raise ValueError("need 0 <= start <= end")
+        new = self._checked_rows(ino, rows)
+        for row in new:
+            if row.offset < start or row.end > end:
+                raise ValueError(f"extent {row} is outside [{start}, {end})")
+        with self._txn:
+            self._check_target(ino, new)
+            # Neighbours touching the range come along, so contiguous runs can merge.
+            old = [
+                r
+                for r in map(ExtentRow._make, self._q(SQL["extents_near"], (ino, end, start)))
+                if r.end >= start and r.offset <= end
+            ]
+            changes: list[tuple[int, int, int]] = []
+            self._replace_rows(old, layout.coalesced(layout.punched(old, start, end) + new), changes)
+            self._apply_refcounts(changes)
+
     def punch_hole(self, ino: int, start: int, end: int) -> None:
         """Unmap file bytes [start, end) (they read as zeros); the size does not change."""
         if not 0 <= start <= end:
