@@ -1,6 +1,8 @@
 """Level 4: the volume commands' error handling, as a user meets it (subprocesses)."""
 
 import os
+import subprocess
+import sys
 
 from t4_cli_server_test import assert_one_line_error, usenetfs
 
@@ -24,6 +26,21 @@ def test_init_creates_a_volume_and_refuses_a_second(tmp_path):
     assert_one_line_error(_init(home, tmp_path), "already exists")
     fsck = usenetfs("fsck", "vol", home=home)
     assert fsck.returncode == 0 and "clean" in fsck.stdout
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    # `usenetfs ... | head`: stdout is a pipe nobody reads any more.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("secret words\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "usenetfs.cli.main", "init", "vol", "--server", "nntp://127.0.0.1:9",
+         "--group", "alt.binaries.test", "--passphrase-file", str(passphrase), "--kdf-log-n", "10"],
+        env={**os.environ, "USENETFS_HOME": str(tmp_path / "home")}, stdout=write_end,
+        stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert result.returncode == 1 and result.stderr == ""
 
 
 def test_init_bad_input(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .. import __version__
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(levelname)s: %(message)s")
     try:
         return args.handler(args) or EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`usenetfs status | head`): stop quietly, as cat does.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except BaseException as raised:  # noqa: BLE001 - sorted below; bugs are re-raised
         error = user_error_behind(raised)
         if isinstance(error, KeyboardInterrupt):
