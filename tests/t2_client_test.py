@@ -46,6 +46,14 @@ async def test_post_and_fetch_are_byte_exact(inn):
         assert (await conn.article(message_id)).endswith(body)
 
 
+async def test_group_exists(inn):
+    async with await NNTPConnection.open(config_for(inn.url)) as conn:
+        assert await conn.group_exists("alt.binaries.test") is True
+        assert await conn.group_exists("alt.not.carried.here") is False
+        with pytest.raises(ValueError):
+            await conn.group_exists("two words")
+
+
 async def test_large_body_and_missing_article(inn):
     body = b"".join(os.urandom(64).hex().encode() + b"\r\n" for _ in range(12000))  # ~1.5 MB
     message_id = new_id()

@@ -316,3 +316,17 @@ def test_index_is_backed_up_while_mounted_once_changes_settle(make_inn, tmp_path
         assert json.loads(settings_file.read_text())["last_backup"] == first
     finally:
         mount.cleanup()
+
+
+def test_mount_refuses_a_group_the_server_does_not_carry(make_inn, tmp_path):
+    # Every post would get 441 and retry forever: say so at mount time instead.
+    server = make_inn()
+    m = Mount(tmp_path, server.url)
+    m.run("init", "other", "--server", server.url, "--group", "alt.not.carried.here",
+          "--passphrase-file", str(m.passphrase_file), "--kdf-log-n", "10")
+    result = m.run("mount", "other", str(m.mountpoint), "--passphrase-file", str(m.passphrase_file),
+                   check=False)
+    assert result.returncode == 32
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no newsgroup 'alt.not.carried.here'" in lines[0], result.stderr
+    assert not os.path.ismount(m.mountpoint)

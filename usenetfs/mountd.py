@@ -134,7 +134,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_server.start()
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
-        await check_server(config)
+        await check_server(config, group=settings.group)
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())

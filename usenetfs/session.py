@@ -62,8 +62,10 @@ def volume_servers(volume: Volume, settings: VolumeSettings) -> Iterator[list[Se
         yield volume.server_configs(settings)
 
 
-async def check_server(config: ServerConfig, tries: int = 3) -> None:
-    """One direct connection: the server answers and takes our login, or one clear line.
+async def check_server(config: ServerConfig, tries: int = 3, *, group: str | None = None) -> None:
+    """One direct connection: the server answers and takes our login (and, given `group`,
+    does not deny carrying that newsgroup: every post to it would be refused), or one
+    clear line.
 
     A temporary failure (a greeting cut off, a refused connect while a server restarts) is
     tried again twice, half a second apart; a permanent one (bad password) is not.
@@ -78,7 +80,14 @@ async def check_server(config: ServerConfig, tries: int = 3) -> None:
             continue
         except E.NNTPError as error:
             raise UserError(f"server check failed: {error}") from None
-        await conn.aclose()
+        try:
+            if group is not None and await conn.group_exists(group) is False:
+                raise UserError(f"server check failed: {config.describe()} has no newsgroup {group!r}, "
+                                "so it would refuse every post (choose a group it carries)")
+        except E.NNTPError as error:
+            raise UserError(f"server check failed: {error}") from None
+        finally:
+            await conn.aclose()
         return
 
 

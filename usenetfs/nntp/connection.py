@@ -267,6 +267,19 @@ class NNTPConnection:
             return False
         return True
 
+    async def group_exists(self, name: str) -> bool | None:
+        """GROUP: True if the server carries newsgroup `name` (211), False if it says it
+        has no such group (411), None for any other answer (some servers refuse GROUP to
+        posting-only accounts: that says nothing about the group)."""
+        if not name or any(c in name for c in " \t\r\n"):
+            raise ValueError(f"invalid newsgroup name {name!r}")
+        line = format_command("GROUP", name)
+        response = await self._command(line, f"GROUP {name}")
+        if response.code == 480 and self.config.user and not self.authenticated:
+            await self._authenticate()
+            response = await self._command(line, f"GROUP {name}")
+        return {211: True, 411: False}.get(response.code)
+
     async def date(self) -> str:
         """DATE: a cheap round trip used as a health check of idle connections."""
         response = await self._command(format_command("DATE"), "DATE")
