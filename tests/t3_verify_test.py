@@ -15,15 +15,7 @@ from usenetfs.keys import VolumeKeys
 from usenetfs.store import LocalSegmentStore
 from usenetfs.verify import Verifier
 
-from t3_filedata_test import SEG, mounted
-
-
-@pytest.fixture
-def index(tmp_path):
-    ix = Index.create(tmp_path / "index.db")
-    yield ix
-    assert ix.fsck() == []
-    ix.close()
+from t3_filedata_test import SEG, index, mounted  # noqa: F401 - index is a fixture
 
 
 @pytest.fixture

@@ -281,18 +281,24 @@ def test_umount8_with_uploads_pending_stops_at_once_and_the_next_mount_resumes(i
         assert f"unmounted with {len(files)} files" in log and "Traceback" not in log
 
         server.start()
-        assert run("mount", "-t", "usenetfs", "vol", volume.mountpoint, "-o", helper_options(volume)).returncode == 0
-        volume.umount()  # waits until the resumed uploads are posted and read back
-        assert volume.staging_files() == []
-        volume.run("cache", "clear", "vol")
-        volume.mount()
-        for name, content in files.items():
-            assert (volume.mountpoint / name).read_bytes() == content
-        volume.umount()
-        fsck = volume.run("fsck", "vol", "--no-repair", check=False)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        assert_resumed_and_intact(volume, files)
     finally:
         volume.cleanup()
+
+
+def assert_resumed_and_intact(volume: Mount, files: dict[str, bytes]) -> None:
+    """Mount again through mount(8): the uploads umount(8) left are resumed; then every
+    byte comes back from the server (cache cleared) and the index is clean."""
+    assert run("mount", "-t", "usenetfs", "vol", volume.mountpoint, "-o", helper_options(volume)).returncode == 0
+    volume.umount()  # waits until the resumed uploads are posted and read back
+    assert volume.staging_files() == []
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    for name, content in files.items():
+        assert (volume.mountpoint / name).read_bytes() == content
+    volume.umount()
+    fsck = volume.run("fsck", "vol", "--no-repair", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def test_umount8_in_the_middle_of_uploads_loses_nothing(installed_helper, make_inn, tmp_path):
@@ -312,16 +318,7 @@ def test_umount8_in_the_middle_of_uploads_loses_nothing(installed_helper, make_i
         assert run("umount", volume.mountpoint).returncode == 0
         wait_for_exit(pid, volume)
         assert "Traceback" not in volume.log_tail()
-        assert run("mount", "-t", "usenetfs", "vol", volume.mountpoint, "-o", helper_options(volume)).returncode == 0
-        volume.umount()
-        assert volume.staging_files() == []
-        volume.run("cache", "clear", "vol")
-        volume.mount()
-        for name, content in files.items():
-            assert (volume.mountpoint / name).read_bytes() == content
-        volume.umount()
-        fsck = volume.run("fsck", "vol", "--no-repair", check=False)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        assert_resumed_and_intact(volume, files)
     finally:
         volume.cleanup()
 
