@@ -15,8 +15,10 @@ number of posting connections and the same article size (716,800-byte payloads, 
 Each Nyuu run is checked, so a misconfigured one cannot report a speed: exit status 0, the NZB
 lists the expected number of distinct segments, INN filed that many new articles, and (checked
 run) Nyuu's debug log confirms a post-check of each. Figures are
-MB/s (10^6 bytes) of file data. "cpu s/GB" is the core-seconds the whole machine was busy per GB
-posted (poster, INN and anyone else). The machine is shared, so each measurement also prints the
+MB/s (10^6 bytes) of file data. "CPU s per GB" are core-seconds per GB posted: "all" the whole
+machine (tool, INN, kernel threads and anyone else), "tool" the poster's own processes (this
+process for raw POST; node for Nyuu; for usenetfs the mount daemon, the cp in this process and
+`usenetfs umount`), "INN" innd and its nnrpd (sampled from /proc every 0.2 s). The machine is shared, so each measurement also prints the
 other users' load ("others": share of all cores busy in the idle second before it) and the load
 average; compare figures of one run, and only runs whose "others" stayed low.
 
@@ -43,7 +45,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_nntp import PAYLOAD, make_articles, raw_run  # noqa: E402
-from common import GROUP, CpuMeter, Volume, background_load, load_average, random_source  # noqa: E402
+from common import (GROUP, CpuMeter, CpuSampler, Volume, background_load, children,  # noqa: E402
+                    load_average, random_source)
 from usenetfs.innserver import InnServer  # noqa: E402
 
 NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
@@ -120,20 +123,23 @@ def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connec
 
 
 class Measurement:
-    """One timed step, with what else the machine was doing."""
+    """One timed step, with the CPU it cost and what else the machine was doing."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, tool_pids, inn_pids):
         self.others = background_load()  # the other users' load, in the second before
         meter = CpuMeter().start()
+        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids}).start()
         result = fn()
+        self.cpu = sampler.stop()
         self.busy = meter.stop()  # everyone's, ours included
         # usenetfs's step returns (cp seconds, umount seconds); the others, seconds.
         self.parts = result if isinstance(result, tuple) else (result,)
         self.seconds = sum(self.parts)
 
-    def cpu_seconds_per_gb(self, nbytes: int) -> float:
-        """Core-seconds the whole machine spent per GB (the poster, INN, and anyone else)."""
-        return self.busy * os.cpu_count() * self.seconds / (nbytes / 1e9)
+    def per_gb(self, nbytes: int) -> tuple[float, float, float]:
+        """Core-seconds per GB: the whole machine (anyone's work), the tool, INN."""
+        gb = nbytes / 1e9
+        return (self.busy * os.cpu_count() * self.seconds / gb, self.cpu["tool"] / gb, self.cpu["INN"] / gb)
 
 
 def main() -> None:
@@ -161,7 +167,8 @@ def main() -> None:
     volume = None
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
-    print(f"\n{'':38}{'MB/s':>7}{'s':>7}{'cpu s/GB':>9}{'others':>7}  load average")
+    print(f"\n{'':34}{'':13}{'CPU s per GB':^19}")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'all':>7}{'tool':>6}{'INN':>6}{'others':>7}  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
@@ -177,15 +184,24 @@ def main() -> None:
                                                       args.check_connections, args.nyuu_chunked)),
                     names[3]: (size, lambda: volume.copy_and_umount(source, f"big{round_no}")),
                 }
+                me = os.getpid()
+                server_pids = lambda: server.pids  # noqa: E731
+                tool_pids = {  # raw POST and cp run in this process; `usenetfs umount` and Nyuu in a child
+                    names[0]: lambda: {me},
+                    names[1]: lambda: children(me),
+                    names[2]: lambda: children(me),
+                    names[3]: lambda: {me} | children(me) | volume.daemon_pids(),
+                }
                 # Rotate the order each round, so no tool always runs on the emptiest spool.
                 for name in names[round_no % 4:] + names[:round_no % 4]:
                     nbytes, fn = steps[name]
                     if name == names[3]:
                         volume.mount()  # not timed
-                    m = Measurement(fn)
+                    m = Measurement(fn, tool_pids[name], server_pids)
                     rates[name].append(nbytes / m.seconds / 1e6)
                     split = f"  (cp {m.parts[0]:.1f} s, umount {m.parts[1]:.1f} s)" if len(m.parts) == 2 else ""
-                    print(f"{name:38}{rates[name][-1]:7.1f}{m.seconds:7.1f}{m.cpu_seconds_per_gb(nbytes):9.1f}"
+                    every, tool, inn = m.per_gb(nbytes)
+                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{every:7.1f}{tool:6.1f}{inn:6.1f}"
                           f"{m.others:7.0%}  {load_average()}{split}", flush=True)
                 del articles, steps
                 print()
@@ -195,7 +211,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"{'median' if args.rounds > 1 else 'result'} of {args.rounds} round(s), MB/s:")
+    print(f"MB/s, {'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'one round'}:")
     for name in names:
         print(f"  {name:42}{median[name]:8.1f}   x{median[name] / median[names[0]]:.2f} of raw POST")
     if nyuu_crashes:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,79 @@ class CpuMeter:
     def stop(self) -> float:
         busy, total = _cpu_times()
         return (busy - self._busy) / max(1, total - self._total)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> tuple[int, float] | None:
+    """(start time, CPU seconds so far) of a process, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the ")" that ends the command name: utime, stime are fields 12, 13; starttime 20.
+    return int(fields[19]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class CpuSampler:
+    """CPU seconds that groups of processes used between start() and stop().
+
+    `groups` maps a label to a function returning the PIDs of that group right now. A thread
+    samples /proc every `interval` seconds; a process that exits loses at most its last
+    interval (INN's nnrpd lives as long as its connection, Nyuu until the end).
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], set[int]]], interval: float = 0.2):
+        self.groups, self.interval = groups, interval
+        self._base: dict[tuple[int, int], float] = {}
+        self._last: dict[tuple[str, int, int], float] = {}
+        self._stop = threading.Event()
+
+    def _sample(self, baseline: bool = False) -> None:
+        for label, pids in self.groups.items():
+            for pid in pids():
+                got = _process_cpu(pid)
+                if got is None:
+                    continue
+                key = (pid, got[0])
+                if baseline:
+                    self._base[key] = got[1]
+                self._last[(label, *key)] = got[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> CpuSampler:
+        self._sample(baseline=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        used = dict.fromkeys(self.groups, 0.0)
+        for (label, pid, started), cpu in self._last.items():
+            used[label] += cpu - self._base.get((pid, started), 0.0)
+        return used
+
+
+def children(pid: int) -> set[int]:
+    """Direct children of `pid`."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def background_load(seconds: float = 1.0) -> float:
@@ -111,6 +185,21 @@ class Volume:
         """Seconds to copy `source` into the mount, and then to unmount: `umount` returns once
         every byte is compressed, encrypted, posted and read back by BODY."""
         return timed(lambda: shutil.copyfile(source, self.mnt / name)), timed(self.umount)
+
+    def daemon_pids(self) -> set[int]:
+        """The mount daemon: the process still running `usenetfs ... mount NAME MOUNTPOINT`."""
+        wanted = ["mount", self.name, str(self.mnt)]
+        found = set()
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        argv = f.read().decode(errors="replace").split("\0")
+                except OSError:
+                    continue
+                if "usenetfs.cli.main" in argv and any(argv[i:i + 3] == wanted for i in range(len(argv))):
+                    found.add(int(entry.name))
+        return found
 
     def force_unmount(self) -> None:
         """Clean-up after a failure: detach whatever is still mounted."""
