@@ -129,12 +129,18 @@ class Measurement:
         self.others = background_load()  # the other users' load, in the second before
         meter = CpuMeter().start()
         sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids}).start()
-        result = fn()
+        self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
+        result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
         self.busy = meter.stop()  # everyone's, ours included
         # usenetfs's step returns (cp seconds, umount seconds); the others, seconds.
         self.parts = result if isinstance(result, tuple) else (result,)
         self.seconds = sum(self.parts)
+
+    def tool_split_per_gb(self, nbytes: int) -> tuple[float, float]:
+        """The tool's core-seconds per GB before and after the step's one mark()."""
+        before = self.marks[0]["tool"]
+        return before / (nbytes / 1e9), (self.cpu["tool"] - before) / (nbytes / 1e9)
 
     def per_gb(self, nbytes: int) -> tuple[float, float, float]:
         """Core-seconds per GB: the whole machine (anyone's work), the tool, INN."""
@@ -176,13 +182,13 @@ def main() -> None:
                 articles = make_articles(count)
                 payload = count * PAYLOAD
                 steps = {
-                    names[0]: (payload, lambda: raw_run(server.host, server.port, args.connections,
+                    names[0]: (payload, lambda mark: raw_run(server.host, server.port, args.connections,
                                                         lambda c, a: c.post(a[1]), articles)),
-                    names[1]: (size, lambda: run_nyuu(nyuu, server, source, tmp, args.connections, 0,
+                    names[1]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections, 0,
                                                       args.nyuu_chunked)),
-                    names[2]: (size, lambda: run_nyuu(nyuu, server, source, tmp, args.connections,
+                    names[2]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections,
                                                       args.check_connections, args.nyuu_chunked)),
-                    names[3]: (size, lambda: volume.copy_and_umount(source, f"big{round_no}")),
+                    names[3]: (size, lambda mark: volume.copy_and_umount(source, f"big{round_no}", mark)),
                 }
                 me = os.getpid()
                 server_pids = lambda: server.pids  # noqa: E731
@@ -199,7 +205,10 @@ def main() -> None:
                         volume.mount()  # not timed
                     m = Measurement(fn, tool_pids[name], server_pids)
                     rates[name].append(nbytes / m.seconds / 1e6)
-                    split = f"  (cp {m.parts[0]:.1f} s, umount {m.parts[1]:.1f} s)" if len(m.parts) == 2 else ""
+                    split = ""
+                    if len(m.parts) == 2:
+                        split = ("  (cp {:.1f} s, umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f})"
+                                 .format(*m.parts, *m.tool_split_per_gb(nbytes)))
                     every, tool, inn = m.per_gb(nbytes)
                     print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{every:7.1f}{tool:6.1f}{inn:6.1f}"
                           f"{m.others:7.0%}  {load_average()}{split}", flush=True)

@@ -113,6 +113,10 @@ class CpuSampler:
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
+        return self.used()
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds per group since start(), as of now."""
         self._sample()
         used = dict.fromkeys(self.groups, 0.0)
         for (label, pid, started), cpu in self._last.items():
@@ -181,10 +185,14 @@ class Volume:
     def cache_clear(self) -> None:
         self.run("cache", "clear", self.name)
 
-    def copy_and_umount(self, source: Path, name: str) -> tuple[float, float]:
+    def copy_and_umount(self, source: Path, name: str, between: Callable[[], object] = lambda: None
+                        ) -> tuple[float, float]:
         """Seconds to copy `source` into the mount, and then to unmount: `umount` returns once
-        every byte is compressed, encrypted, posted and read back by BODY."""
-        return timed(lambda: shutil.copyfile(source, self.mnt / name)), timed(self.umount)
+        every byte is compressed, encrypted, posted and read back by BODY. `between` is called
+        (untimed) between the two."""
+        copy_seconds = timed(lambda: shutil.copyfile(source, self.mnt / name))
+        between()
+        return copy_seconds, timed(self.umount)
 
     def daemon_pids(self) -> set[int]:
         """The mount daemon: the process still running `usenetfs ... mount NAME MOUNTPOINT`."""
