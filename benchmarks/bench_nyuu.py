@@ -10,17 +10,20 @@ number of posting connections and the same article size (716,800-byte payloads, 
                       posting (existence only; K extra connections besides the N)
   usenetfs            cp into the mount + `usenetfs umount`, which returns once every byte is
                       compressed (skipped for random data after a probe), encrypted, posted and
-                      read back by BODY and authenticated, on a volume capped at N connections
+                      read back by BODY and compared byte for byte, on a volume capped at N
+                      connections (POST and BODY share them)
 
 Each Nyuu run is checked, so a misconfigured one cannot report a speed: exit status 0, the NZB
 lists the expected number of distinct segments, INN filed that many new articles, and (checked
-run) Nyuu's debug log confirms a post-check of each. Figures are
-MB/s (10^6 bytes) of file data. "CPU s per GB" are core-seconds per GB posted: "all" the whole
-machine (tool, INN, kernel threads and anyone else), "tool" the poster's own processes (this
-process for raw POST; node for Nyuu; for usenetfs the mount daemon, the cp in this process and
-`usenetfs umount`), "INN" innd and its nnrpd (sampled from /proc every 0.2 s). The machine is shared, so each measurement also prints the
-other users' load ("others": share of all cores busy in the idle second before it) and the load
-average; compare figures of one run, and only runs whose "others" stayed low.
+run) Nyuu's debug log confirms a post-check of each.
+
+Figures are MB/s (10^6 bytes) of file data. "CPU s/GB" are core-seconds per GB posted, sampled from /proc
+every 0.2 s: "tool" the poster's own processes (this process for raw POST; node for Nyuu; for
+usenetfs the mount daemon, the cp in this process and `usenetfs umount`), "INN" innd and its
+nnrpd. "busy" is the share of all cores busy during the step (/proc/stat: anyone's work). The
+machine is shared, so each step also prints the other users' load ("others": share of all cores
+busy in the idle second before it) and the load average; compare figures of one run, and only
+steps whose "others" stayed low.
 
 Needs Nyuu: `bash benchmarks/setup_nyuu.sh` (installs it into benchmarks/.nyuu).
 
@@ -132,7 +135,7 @@ class Measurement:
         self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
         result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
-        self.busy = meter.stop()  # everyone's, ours included
+        self.busy = meter.stop()  # share of all cores busy: everyone's work, ours included
         # usenetfs's step returns (cp seconds, umount seconds); the others, seconds.
         self.parts = result if isinstance(result, tuple) else (result,)
         self.seconds = sum(self.parts)
@@ -142,10 +145,9 @@ class Measurement:
         before = self.marks[0]["tool"]
         return before / (nbytes / 1e9), (self.cpu["tool"] - before) / (nbytes / 1e9)
 
-    def per_gb(self, nbytes: int) -> tuple[float, float, float]:
-        """Core-seconds per GB: the whole machine (anyone's work), the tool, INN."""
-        gb = nbytes / 1e9
-        return (self.busy * os.cpu_count() * self.seconds / gb, self.cpu["tool"] / gb, self.cpu["INN"] / gb)
+    def per_gb(self, nbytes: int) -> tuple[float, float]:
+        """Core-seconds per GB of the tool and of INN."""
+        return self.cpu["tool"] / (nbytes / 1e9), self.cpu["INN"] / (nbytes / 1e9)
 
 
 def main() -> None:
@@ -173,8 +175,8 @@ def main() -> None:
     volume = None
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
-    print(f"\n{'':34}{'':13}{'CPU s per GB':^19}")
-    print(f"{'':34}{'MB/s':>7}{'s':>6}{'all':>7}{'tool':>6}{'INN':>6}{'others':>7}  load average")
+    print(f"\n{'':34}{'':13}{'CPU s/GB':^12}")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'busy':>6}{'others':>7}  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
@@ -209,8 +211,8 @@ def main() -> None:
                     if len(m.parts) == 2:
                         split = ("  (cp {:.1f} s, umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f})"
                                  .format(*m.parts, *m.tool_split_per_gb(nbytes)))
-                    every, tool, inn = m.per_gb(nbytes)
-                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{every:7.1f}{tool:6.1f}{inn:6.1f}"
+                    tool, inn = m.per_gb(nbytes)
+                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}{m.busy:6.0%}"
                           f"{m.others:7.0%}  {load_average()}{split}", flush=True)
                 del articles, steps
                 print()
