@@ -26,21 +26,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_nntp import make_articles, raw_run  # noqa: E402
+from common import Volume, random_source, timed  # noqa: E402
 from usenetfs.innserver import InnServer  # noqa: E402
-
-PASSPHRASE = "benchmark passphrase"
-
-
-def usenetfs(home: Path, *args: str) -> None:
-    env = {**os.environ, "USENETFS_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, check=True,
-                   timeout=3600)
-
-
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def read_file(path: Path) -> None:
@@ -75,9 +62,7 @@ def main() -> None:
     rows = Rows()
     print(f"\n{'':38}{'usenetfs':>10}{'ceiling':>10}  {'ceiling is':10}{'ratio':>7}  goal")
     try:
-        with InnServer(tmp / "inn") as server:
-            source = Path("/dev/shm") / f"bench-fs-{os.getpid()}"
-            source.write_bytes(os.urandom(args.size_mb << 20))
+        with InnServer(tmp / "inn") as server, random_source(args.size_mb << 20, "bench-fs") as source:
             articles = make_articles(max(1, (args.size_mb << 20) // 716_800))
             nbytes = sum(len(a) for _, a in articles)
             raw_post = nbytes / raw_run(server.host, server.port, args.connections,
@@ -85,22 +70,18 @@ def main() -> None:
             raw_body = nbytes / raw_run(server.host, server.port, args.connections,
                                         lambda c, a: c.body(a[0]), articles) / 1e6
 
-            home, mnt = tmp / "home", tmp / "mnt"
-            mnt.mkdir()
-            (tmp / "pass").write_text(PASSPHRASE)
-            usenetfs(home, "init", "bench", "--server", server.url, "--group", "alt.binaries.test",
-                     "--connections", str(args.connections), "--passphrase-file", str(tmp / "pass"))
-            mount = ("mount", "bench", str(mnt), "--passphrase-file", str(tmp / "pass"))
-            usenetfs(home, *mount)
+            volume = Volume(tmp, server.url, args.connections)
+            mnt = volume.mnt
+            volume.mount()
             size = source.stat().st_size
-            cp_s = timed(lambda: shutil.copyfile(source, mnt / "big"))
-            write_s = cp_s + timed(lambda: usenetfs(home, "umount", str(mnt)))
+            cp_s, umount_s = volume.copy_and_umount(source, "big")
+            write_s = cp_s + umount_s
             print(f"  (cp alone: {size / cp_s / 1e6:.0f} MB/s; then umount until posted and read back)")
             rows.append(("cp + umount (posted, verified)", size / write_s / 1e6, raw_post, "raw POST", 0.8))
             rows.append(("  the same against POST+BODY", size / write_s / 1e6,
                           1 / (1 / raw_post + 1 / raw_body), "POST+BODY", 0.8))
-            usenetfs(home, "cache", "clear", "bench")
-            usenetfs(home, *mount)
+            volume.cache_clear()
+            volume.mount()
             cold_s = timed(lambda: read_file(mnt / "big"))
             rows.append(("cold sequential read", size / cold_s / 1e6, raw_body, "raw BODY", 0.7))
             warm = mnt / "warm"
@@ -108,10 +89,9 @@ def main() -> None:
             read_file(warm)
             warm_s = timed(lambda: read_file(warm))
             # Measured alone, as memfs's is: the warm file's upload must not run meanwhile.
-            usenetfs(home, "flush", str(mnt))
+            volume.run("flush", str(mnt))
             create_s = timed(lambda: small_files(mnt / "small"))
-            usenetfs(home, "umount", str(mnt))
-            source.unlink()
+            volume.umount()
 
             mem = tmp / "memfs"
             mem.mkdir()
