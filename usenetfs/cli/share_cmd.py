@@ -380,8 +380,6 @@ def _publish(args) -> int:
     password = _read_first_line(args.password_file, "password") if args.password_file else None
     volume, files, state = _prepare(args, home, args.path, "password" if password else "open")
     _offline_guard(volume)
-    if state.mode == "recipients":
-        raise UserError(f"share {state.name!r} is for named recipients: use 'usenetfs share grant' to add one")
     if password is not None:
         if state.mode != "password":
             raise UserError(f"share {state.name!r} was published without a password; a password cannot be "

@@ -186,7 +186,10 @@ def scrypt_stanza(key: bytes, password: str, share_id: bytes, epoch: int, *, log
 def x25519_stanza(key: bytes, recipient: bytes, share_id: bytes, epoch: int) -> dict:
     ephemeral = X25519PrivateKey.generate()
     eph_public = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    try:  # cryptography itself refuses an all-zero shared secret (a low-order point)
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient))
+    except ValueError:
+        shared = bytes(32)
     if shared == bytes(32):
         raise UserError("this recipient public key is not usable (a low-order point)")
     wrap = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=eph_public + recipient,

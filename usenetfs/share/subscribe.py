@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..backup.bounded import for_each
 from ..backup.chunks import hash_key as chunk_hash_key
 from ..errors import UserError
 from ..home import Home
@@ -226,9 +227,7 @@ class Applier:
                 async def load(i: int) -> None:
                     listings[i] = await self._listing(batch[i][1])
 
-                async with trio.open_nursery() as nursery:
-                    for i in range(len(batch)):
-                        nursery.start_soon(load, i)
+                await for_each(range(len(batch)), load, len(batch))  # the first error alone, unwrapped
                 for (ino, ref), entries in zip(batch, listings):
                     children = await self._apply_directory(ino, entries)
                     mirror.set_dir_digest(ino, ref.digest)
