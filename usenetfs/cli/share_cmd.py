@@ -47,7 +47,8 @@ anyone holding it mount the folder read-only elsewhere ('usenetfs mount CAPFILE 
 again posts only what changed since the last publish.
 
 PATH is a folder inside a volume of this home mounted here, or, with --volume NAME, a path
-inside the unmounted volume NAME from its root, like /photos (its passphrase is needed).
+inside the volume NAME from its root, like /photos (if it is not mounted, its passphrase is
+needed, and files it has not posted yet cannot be published).
 
 DATE: 2030-01-31, '2030-01-31 18:00', or +N followed by m, h, d or w (from now).
 
@@ -71,6 +72,37 @@ exit codes: 0 revoked; 1 error; 2 bad usage"""
 
 MOUNT_HELP = "CAPFILE: a capability file, '-' for stdin, or the capability itself"
 
+REFRESH_EPILOG = """\
+Asks the share mounted at MOUNTPOINT to look for what its publisher published since it was
+mounted or last refreshed (a newer root, or a new key after a revoke) and to apply it: only
+the folders that changed are fetched. Files open meanwhile stay readable until closed.
+
+exit codes: 0 refreshed or up to date; 1 error (the share expired, access was revoked, the
+server failed: the mount keeps what it had); 2 bad usage"""
+
+LS_EPILOG = """\
+Lists the share's top folder from the server with the capability alone (and the password
+or identity it needs): the keyring, the root and the top folder's objects, whatever the
+share's size. Nothing is written to the home.
+
+exit codes: 0 listed; 1 error (a damaged capability, a wrong password, an expired share,
+forged or damaged articles); 2 bad usage"""
+
+LOG_EPILOG = """\
+Prints the share's audit log: every create, publish, grant, revoke and expiry, when, with
+the fingerprints of the keys involved (16 hex digits of a hash: recipients' public keys,
+the share's epoch key and signing key), never the keys.
+
+exit codes: 0 printed; 1 error (no such share); 2 bad usage"""
+
+ID_EPILOG = """\
+Makes an X25519 identity: its secret key goes to FILE (mode 0600, refused if FILE exists
+unless --force); its public key (usenetfs-pub1:...) is printed. Give the public key to a
+share's owner, who grants it with 'usenetfs share grant'; then mount the share with
+--identity FILE.
+
+exit codes: 0 created; 1 error; 2 bad usage"""
+
 
 def register(commands) -> None:
     share = commands.add_parser("share", help="publish folders, and manage what is published",
@@ -81,7 +113,7 @@ def register(commands) -> None:
 
     def owner_options(parser, *, creating: bool) -> None:
         parser.add_argument("--volume", metavar="NAME",
-                            help="the volume (PATH is then a path inside it, and it must not be mounted)")
+                            help="the volume (PATH is then a path inside it, from its root)")
         parser.add_argument("--passphrase-file", metavar="F", help="the volume's passphrase (unmounted volume)")
         if creating:
             parser.add_argument("--name", metavar="NAME", help="the share's name (default: the folder's)")
@@ -126,20 +158,23 @@ def register(commands) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_info)
 
-    log = actions.add_parser("log", help="show a share's audit log (publishes, grants, revokes, expiry)")
+    log = actions.add_parser("log", help="show a share's audit log (publishes, grants, revokes, expiry)",
+                             description="Show a share's audit log.", epilog=LOG_EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     log.add_argument("share", metavar="SHARE", help="the share's name or its folder's PATH")
     log.add_argument("--volume", metavar="NAME")
     log.add_argument("--json", action="store_true")
     log.set_defaults(handler=_log)
 
     refresh = actions.add_parser("refresh", help="load what a mounted share's publisher published since",
-                                 description="Ask a mounted share to load what its publisher published since.")
+                                 description="Load what a mounted share's publisher published since.",
+                                 epilog=REFRESH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     refresh.add_argument("mountpoint", metavar="MOUNTPOINT")
     refresh.set_defaults(handler=_refresh)
 
     ls = actions.add_parser("ls", help="list a share's top folder from its capability, without mounting",
-                            description="List the top folder of a share (four or so articles, whatever its "
-                            "size).")
+                            description="List the top folder of a share without mounting it.", epilog=LS_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("capability", metavar="CAPFILE", help=MOUNT_HELP)
     subscriber_options(ls)
     ls.set_defaults(handler=_ls)
@@ -148,9 +183,8 @@ def register(commands) -> None:
     id_actions = ident.add_subparsers(dest="id_command", metavar="ACTION")
     id_actions.required = True
     create = id_actions.add_parser("create", help="make an X25519 identity file (0600) and print its public key",
-                                   description="Make an identity: a secret key in FILE (mode 0600). Give its "
-                                   "public key (printed) to a share's owner for 'usenetfs share grant'; mount "
-                                   "with --identity FILE.")
+                                   description="Make an identity for shares granted to you.", epilog=ID_EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     create.add_argument("file", metavar="FILE")
     create.add_argument("--force", action="store_true", help="overwrite FILE")
     create.set_defaults(handler=_id_create)
