@@ -182,7 +182,8 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     throughput = Throughput(client.retrier.stats)
                     nursery.start_soon(throughput.run)
-                    control = _Control(request, settings, index, data, store, client, throughput, run_backup)
+                    control = _Control(request, settings, index, data, store, client, throughput, run_backup,
+                                       operations.model)
                     await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -278,6 +279,7 @@ class _Control:
     client: NNTPClient
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
+    model: object = None  # the fs model (FsModel): a share publish persists what it holds in memory
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -350,7 +352,7 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
 
             async def publish(progress):
                 return await publish_mounted(control.request.volume, request.get("share"), control.index,
-                                             control.request.keys, control.client, data,
+                                             control.request.keys, control.client, data, control.model,
                                              rescan=bool(request.get("rescan")), progress=progress)
 
             await send({"ok": True, "result": await _with_progress(send, publish)})

@@ -354,13 +354,33 @@ def _prepare(args, home: Home, path: str, mode: str):
 def _run_publish(args, volume: Volume, files, *, rescan: bool = False) -> dict:
     """Publish the share now: in the mount daemon if the volume is mounted, else here."""
     from ..cli.progress import Progress
-    if _mounted(volume):
+    info = _mounted(volume)
+    if info:
         from ..mountd import control_request
+        _syncfs(info["mountpoint"])
         with Progress("publishing", unit="folders") as progress:
             answer = trio.run(lambda: control_request(volume, "share_publish", progress.line, share=files.name,
                                                       rescan=rescan))
         return answer["result"]
     return _publish_offline(args, volume, files, rescan=rescan)
+
+
+def _syncfs(mountpoint: str) -> None:
+    """Make the kernel hand over what it still holds for the mount (with its writeback cache,
+    written pages and the times of files closed a moment ago), so the publish sees them."""
+    import ctypes
+    import ctypes.util
+    try:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.syncfs(fd)
+    except (OSError, AttributeError):
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def _publish_offline(args, volume: Volume, files, *, rescan: bool) -> dict:

@@ -463,16 +463,24 @@ async def publish(files: ShareFiles, state: ShareState, index: Index, volume_key
     return await Publisher(files, state, index, volume_keys, settings, client, **options).run()
 
 
-async def publish_mounted(volume, name: str, index: Index, volume_keys: VolumeKeys, client: NNTPClient, data, *,
-                          rescan: bool = False, progress=None) -> dict:
+async def publish_mounted(volume, name: str, index: Index, volume_keys: VolumeKeys, client: NNTPClient, data,
+                          model=None, *, rescan: bool = False, progress=None) -> dict:
     """`share publish` of a mounted volume, run by its mount daemon (the control request
-    "share_publish"): everything not posted yet is posted first, and a file written during
-    the walk is waited for."""
+    "share_publish"): everything not posted yet is posted first, the sizes and times the fs
+    model holds in memory for files still open are written to the index (the kernel's own
+    mtime of a file closed a moment ago arrives before its release does), and a file
+    written during the walk is waited for."""
+
+    async def settle() -> None:
+        await data.flush_all()
+        if model is not None:
+            model.persist_pending()
+
     files = ShareFiles(volume, name)
     with files.locked():
         state = files.load()
-        await data.flush_all()
+        await settle()
         result = await publish(files, state, index, volume_keys, volume.load(), client,
-                               is_dirty=lambda ino: data.dirty_size(ino) is not None, wait_clean=data.flush_all,
+                               is_dirty=lambda ino: data.dirty_size(ino) is not None, wait_clean=settle,
                                rescan=rescan, progress=progress)
     return result.as_dict()
