@@ -571,7 +571,9 @@ def _log(args) -> int:
         return 0
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time", 0)))
-        rest = " ".join(f"{k}={entry[k]}" for k in sorted(entry) if k not in ("time", "event") and entry[k] is not None)
+        shown = {k: (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(v)) if k == "expires" else v)
+                 for k, v in entry.items() if k not in ("time", "event") and v is not None}
+        rest = " ".join(f"{k}={shown[k]}" for k in sorted(shown))
         print(f"{when} {entry.get('event')} {rest}")
     return 0
 
