@@ -151,7 +151,7 @@ async def make_tree(fs) -> None:
     deep = fs.mkdir(b"deeper", fs.mkdir(b"sub", docs))
     await fs.write_file(b"secret.txt", SECRET_TEXT, docs)
     await fs.write_file(b"empty", b"", docs)
-    big = await fs.write_file(b"big.bin", os.urandom(70 * SEG + 123), deep)  # > 64 segments: file maps
+    big = await fs.write_file(b"big.bin", os.urandom(70 * SEG + 123), deep)  # file maps (with INLINE 64)
     fs.index.link(docs, b"big-link.bin", big)  # a hard link in another folder
     for i in range(40):
         await fs.write_file(b"note%02d.txt" % i, b"small note %d\n" % i * (i + 1), docs)
@@ -163,7 +163,9 @@ async def make_tree(fs) -> None:
     await fs.write_file(b"outside.txt", b"not in the share\n", ROOT_INODE)
 
 
-async def test_publish_then_read_everything_from_an_empty_home(tmp_path, inn):
+async def test_publish_then_read_everything_from_an_empty_home(tmp_path, inn, monkeypatch):
+    from usenetfs.share import tree
+    monkeypatch.setattr(tree, "INLINE_SEGMENTS", 64)  # big.bin's 71 segments then go to a file map
     owner = Owner(tmp_path / "owner", inn)
     async with owner.running() as fs:
         await make_tree(fs)
@@ -178,6 +180,9 @@ async def test_publish_then_read_everything_from_an_empty_home(tmp_path, inn):
     opened, changes = await reader.subscribe()
     assert opened.root.name == "docs" and opened.root.stats == {"dirs": 3, "files": 45, "bytes": result.bytes}
     assert changes.dirs_visited == 3
+    assert any(reader.sub.objects_dir.iterdir())
+    kinds = [p.read_bytes()[0] for p in reader.sub.objects_dir.iterdir()]
+    assert kinds.count(tree.FILE_MAP) == 1 and kinds.count(tree.DIRECTORY) == 3
     async with reader.files() as (mirror, data):
         got = await tree_of(mirror.ix, data, ROOT_INODE)
         assert "outside.txt" not in got

@@ -263,6 +263,9 @@ class Applier:
         names = [e.name for e, _ in entries]
         if len(set(names)) != len(names):
             raise UserError("the share's index is malformed: a directory names one entry twice")
+        # The big files' maps too, now and many at a time (into the local object cache): one
+        # by one while applying would cost a round trip each.
+        await self.fetcher.get_many([ref for e, _ in entries for ref in e.maps], "a file map")
         return entries
 
     async def _file_layout(self, entry: tree.Entry, inline: dict) -> tuple[list[tuple], dict[int, tree.SegmentInfo]]:

@@ -16,7 +16,7 @@ into pieces:
     extent     = offset || length || segment || segment offset || run || stride
 
 (numbers are varints, times zigzag varints, byte strings length-prefixed; wire.py). A file
-that uses more than `INLINE_SEGMENTS` segments keeps its extents in file maps, each with at
+that uses more than `INLINE_SEGMENTS` (256) segments keeps its extents in file maps, each with at
 most `MAP_SEGMENTS` segments. Pieces end after an entry whose keyed name hash has its low
 6 bits zero, or once they pass `PIECE_BYTES`: boundaries depend on the names around them
 only, so one new name changes one piece.
@@ -40,7 +40,10 @@ DIRECTORY, PIECE, FILE_MAP = 1, 2, 3
 DIGEST_SIZE = 32
 KEY_SIZE = 32
 LOCATOR_SIZE = 26  # the local part of a Message-ID (keys.VolumeKeys.message_id)
-INLINE_SEGMENTS = 64  # more than this: the file's extents go to file maps
+# More segments than this: the file's extents go to file maps. An inline segment costs ~70
+# bytes of its piece (key, Message-ID part, ids): 256 keep an entry under ~18 KB, so a piece
+# still holds at least ten, and files up to 175 MB need no object of their own.
+INLINE_SEGMENTS = 256
 MAP_SEGMENTS = 2048  # segments per file map (~140 KB)
 PIECE_BYTES = 192 * 1024  # a piece is cut once it passes this (objects stay far below 1 MiB)
 BOUNDARY_MASK = 0x3F  # ~64 entries a piece
