@@ -50,7 +50,7 @@ PATH is a folder inside a volume of this home mounted here, or, with --volume NA
 inside the volume NAME from its root, like /photos (if it is not mounted, its passphrase is
 needed, and files it has not posted yet cannot be published).
 
-DATE: 2030-01-31, '2030-01-31 18:00', or +N followed by m, h, d or w (from now).
+DATE: 2030-01-31, '2030-01-31 18:00', +N followed by m, h, d or w (from now), or never.
 
 exit codes: 0 published; 1 error (one line says why); 2 bad usage"""
 
@@ -331,7 +331,8 @@ def _prepare(args, home: Home, path: str, mode: str):
     from ..share.state import ShareFiles
     volume, rel = _locate(home, path, args.volume)
     files = _find_by_path(volume, rel)
-    expires = parse_when(args.expires) if getattr(args, "expires", None) else None
+    given = getattr(args, "expires", None)
+    expires = None if given in (None, "never") else parse_when(given)
     if expires is not None and expires <= time.time():
         raise UserError("--expires is in the past")
     if files is None:
@@ -345,7 +346,7 @@ def _prepare(args, home: Home, path: str, mode: str):
         if args.name and args.name != files.name:
             raise UserError(f"{rel} is already shared as {files.name!r}")
         state = files.load()
-        if expires is not None and expires != state.expires:
+        if given is not None and expires != state.expires:  # a new date, or "never"
             state.expires, state.keyring_stale, state.expired_logged = expires, True, False
             files.save(state)
     return volume, files, state
@@ -466,13 +467,39 @@ def _grant(args) -> int:
         state.recipients.append({"key": text, "added": time.time()})
         state.keyring_stale = True
         files.save(state)
-    result = _run_publish(args, volume, files)
+    if state.tree and not state.keyring_stale and state.keyring_epoch == state.epoch:
+        pass  # already a recipient of what is published: nothing to post
+    elif state.tree and state.keyring_epoch == state.epoch and not state.expired():
+        # Published already under this key: a keyring wrapping it for one more recipient is
+        # all it takes (no walk, no volume keys: no passphrase needed either).
+        number = _post_keyring_only(volume, files)
+        print(f"granted: share {state.name!r}, keyring {number} posted", file=sys.stderr)
+    else:
+        _report(_run_publish(args, volume, files))
     state = files.load()
     files.audit().record("grant", recipient=fingerprint(recipient), keyring=state.keyring, epoch=state.epoch,
                          key=state.key_fingerprint())
-    _report(result)
     _write_capability(state, args.out)
     return 0
+
+
+def _post_keyring_only(volume: Volume, files) -> int:
+    from ..nntp.client import NNTPClient
+    from ..session import check_server, volume_servers
+    from ..share.publish import post_keyring
+    settings = volume.load()
+
+    async def run(config) -> int:
+        await check_server(config)
+        async with NNTPClient(config) as client:
+            with files.locked():
+                state = files.load()
+                number = await post_keyring(state, client, settings.group)
+                files.save(state)
+                return number
+
+    with volume_servers(volume, settings) as configs:
+        return trio.run(run, configs[0])
 
 
 def _revoke(args) -> int:

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 VERIFY = VerifyOptions(delay=0.0, tries=6, interval=1.0)
 BATCH_OBJECTS = 256  # objects posted together
 READDIR_PAGE = 1024
+DIRTY_RETRIES = 5  # a directory whose files are written while it is read: flush and read again
 _DIRS_MAGIC = "usenetfs-share-dirs v1"
 
 
@@ -281,7 +282,7 @@ class Publisher:
 
     async def _directory(self, ino: int, children: dict[int, tuple[bytes, tuple]]) -> tuple[bytes, tuple]:
         """The digest and subtree counts of directory `ino` (its subdirectories done)."""
-        while True:
+        for attempt in range(DIRTY_RETRIES + 1):
             listing = self._listing(ino)
             items = []
             counts = [1, 0, 0]
@@ -310,6 +311,9 @@ class Publisher:
                 if self.wait_clean is None:
                     raise UserError(f"inode {dirty.ino} in the share is not posted yet: mount the volume and "
                                     "let it upload (or publish while it is mounted)") from None
+                if attempt == DIRTY_RETRIES:
+                    raise UserError(f"inode {dirty.ino} in the share keeps being written: publish again when "
+                                    "it is done") from None
                 await self.wait_clean()  # written during the walk: wait for its upload, read again
                 continue
             break
