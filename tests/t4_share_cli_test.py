@@ -102,7 +102,7 @@ def test_share_errors_are_one_exact_line(owner, tmp_path):
         (["share", "ls", "usenetfs-cap1:aaaa"], 1, "capability is damaged: too short (was it cut?)"),
         (["mount", str(cap_file), str(nowhere)], 32, f"capability file {cap_file} does not exist"),
         (["mount", "vol", str(nowhere), "--identity", str(identity)], 32,
-         "--password-file, --identity and --server are for mounting a share's capability"),
+         "--password-file, --identity, --server and --poll are for mounting a share's capability"),
         (["mount", str(cap_file), str(nowhere), "-o", "server=nntp://me:pw@news.example.com"], 32,
          "mount option 'server' refused: a password in the URL would show in ps, logs and fstab; give "
          "server_password_file=FILE"),

@@ -140,11 +140,20 @@ def test_a_share_mounted_elsewhere_is_byte_exact_read_only_and_refreshes(owner, 
     again = reader.run("share", "refresh", str(reader.mountpoint))
     assert again.stdout == "up to date (root 2 of epoch 1)\n"
 
-    # A remount through mount.usenetfs (as mount(8) and fstab run it) gets the same tree.
+    # A remount through mount.usenetfs (as mount(8) and fstab run it) gets the same tree, and
+    # with poll= it looks for new publishes by itself.
     reader.umount()
     helper = subprocess.run([sys.executable, "-m", "usenetfs.cli.mount_helper", str(cap), str(reader.mountpoint),
-                             "-o", f"home={reader.home}"], capture_output=True, text=True, timeout=120)
+                             "-o", f"home={reader.home},poll=1"], capture_output=True, text=True, timeout=120)
     assert (helper.returncode, helper.stderr) == (0, ""), helper.stderr + reader.log_tail()
+    assert tree_digest(reader.mountpoint) == tree_digest(folder)
+    (folder / "polled.txt").write_text("seen without a refresh\n")
+    os.utime(folder / "polled.txt", ns=(1_700_000_000_000_000_000,) * 2)
+    owner.run("share", "publish", str(folder))
+    deadline = time.monotonic() + 60
+    while not (reader.mountpoint / "polled.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (reader.mountpoint / "polled.txt").read_text() == "seen without a refresh\n", reader.log_tail()
     assert tree_digest(reader.mountpoint) == tree_digest(folder)
     listed = json.loads(reader.run("share", "list", "--json").stdout)
     assert listed["subscriptions"][0]["share"] == "photos"

@@ -67,6 +67,7 @@ options (-o, comma-separated):
   share_password_file=FILE  a share: its password
   server=URL, server_password_file=FILE
                         a share: read it from this server, not the capability's
+  poll=SECONDS          a share: look for a newer publish this often
   ro, rw                read-only or read-write
   uid=ID, gid=ID        owner of every file (a number or a name)
   umask=NNN             permission bits to clear on every file (octal)

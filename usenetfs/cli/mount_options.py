@@ -1,7 +1,8 @@
 """The -o options of a usenetfs mount: one parser for `usenetfs mount -o` and `mount.usenetfs`.
 
     usenetfs's own      home=DIR, passphrase_file=FILE, config=FILE, foreground
-    shares (capability) identity=FILE, share_password_file=FILE, server=URL, server_password_file=FILE
+    shares (capability) identity=FILE, share_password_file=FILE, server=URL, server_password_file=FILE,
+                        poll=SECONDS
     applied by usenetfs ro, rw, uid=, gid=, umask= (pyfuse3 refuses uid/gid/umask)
     passed to FUSE      allow_other, allow_root, default_permissions, nosuid, suid, nodev, dev,
                         noexec, exec, noatime, atime, sync, async, dirsync, max_read=N,
@@ -46,7 +47,7 @@ IGNORED_VALUED = frozenset({"comment", "user"})  # user=NAME: mount(8) records w
 FLAGS = FUSE_FLAGS | IGNORED | {"ro", "rw", "foreground"}
 SHARE_PATHS = frozenset({"identity", "share_password_file", "server_password_file"})  # mounting a capability
 VALUED = FUSE_VALUED | IGNORED_VALUED | SHARE_PATHS | {"uid", "gid", "umask", "home", "passphrase_file", "config",
-                                                      "server"}
+                                                      "server", "poll"}
 SECRETS = frozenset({"passphrase", "password", "passwd", "pass", "secret", "key"})
 
 
@@ -66,6 +67,7 @@ class MountOptions:
     share_password_file: str | None = None  # a password-protected share
     server: str | None = None  # read a share from this server (URL without a password)
     server_password_file: str | None = None
+    poll: float | None = None  # a mounted share looks for a newer publish this often (seconds)
     ignored: list[str] = field(default_factory=list)  # for -v: what was dropped and why
 
     def share_fields(self) -> dict:
@@ -74,7 +76,7 @@ class MountOptions:
                 "server_password_file": self.server_password_file}
 
     def has_share_fields(self) -> bool:
-        return any(self.share_fields().values())
+        return any(self.share_fields().values()) or self.poll is not None
 
     def request_fields(self) -> dict:
         """The fields of a `mountd.MountRequest` these options set."""
@@ -162,6 +164,14 @@ def _apply(options: MountOptions, item: str, *, sloppy: bool, from_file: bool) -
         setattr(options, key, _path_value(item, from_file=from_file))
     elif key in SHARE_PATHS and has_value:
         setattr(options, key, _path_value(item, from_file=from_file))
+    elif key == "poll" and has_value:
+        try:
+            poll = float(value)
+        except ValueError:
+            poll = 0.0
+        if not 1 <= poll <= 7 * 86400:
+            raise UserError(f"invalid mount option {item!r}: poll takes seconds, from 1 to 604800")
+        options.poll = poll
     elif key == "server" and has_value:
         if "@" in value.partition("://")[2].split("/", 1)[0] and ":" in value.partition("://")[2].split("@", 1)[0]:
             raise UserError(f"mount option 'server' refused: a password in the URL would show in ps, logs and "

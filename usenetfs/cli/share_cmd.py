@@ -723,7 +723,7 @@ def mount_capability(home: Home, spec: str, mountpoint: str, options, *, passwor
     request = MountRequest(volume=sub, keys=None, mountpoint=mountpoint, foreground=options.foreground,
                            notify_systemd=options.foreground, fsname=fsname or f"usenetfs:{sub.name}",
                            **options.request_fields())
-    return mount_share(ShareMount(sub, cap, access, config, opened), request)
+    return mount_share(ShareMount(sub, cap, access, config, opened, poll=options.poll), request)
 
 
 def _id_create(args) -> int:

@@ -57,6 +57,8 @@ def register(commands) -> None:
     shares.add_argument("--identity", metavar="F", help="your identity file (a share granted to you)")
     shares.add_argument("--server", metavar="URL", help="read from this server, not the capability's")
     shares.add_argument("--server-password-file", metavar="F", help="the password of --server's account")
+    shares.add_argument("--poll", type=float, metavar="SECONDS",
+                        help="look for a newer publish this often (default: only at 'share refresh')")
     mount.set_defaults(handler=_mount)
 
     umount = commands.add_parser("umount", help="post everything, then unmount")
@@ -128,13 +130,15 @@ def _mount(args) -> int:
         from .share_cmd import mount_capability
         if options.passphrase_file:
             raise UserError("a share takes --password-file or --identity, not a passphrase", EXIT_MOUNT_FAILED)
+        if args.poll is not None:
+            options.poll = parse_mount_options(f"poll={args.poll}").poll
         fields = options.share_fields()
         for key, value in shared.items():
             fields[key] = _only_once(key.replace("_", " "), value, fields[key]) if key != "server" else (
                 value or fields[key])
         return mount_capability(home, name, mountpoint, options, **fields)
-    if any(shared.values()) or options.has_share_fields():
-        raise UserError("--password-file, --identity and --server are for mounting a share's capability",
+    if any(shared.values()) or args.poll is not None or options.has_share_fields():
+        raise UserError("--password-file, --identity, --server and --poll are for mounting a share's capability",
                         EXIT_MOUNT_FAILED)
     return mount_volume(home, name, mountpoint, options)
 

@@ -47,6 +47,7 @@ class ShareMount:
     server: ServerConfig
     opened: Opened
     connections: int = 4
+    poll: float | None = None  # seconds between looks for a newer publish (None: on request only)
 
 
 def open_mirror(sub: Subscription, scope: bytes) -> Mirror:
@@ -115,6 +116,8 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
                     await nursery.start(_control_server, sub.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
+                    if share.poll:
+                        nursery.start_soon(_poll, control, share.poll)
                     _signal_ready(ready_fd, "ok")
                     ready_fd = None
                     if request.notify_systemd:
@@ -195,6 +198,20 @@ class _Control:
                 await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, ino not in changes.contents)
             except OSError:
                 pass  # the kernel does not know it: nothing cached
+
+
+async def _poll(control: _Control, interval: float) -> None:
+    """Refresh every `interval` seconds (-o poll=SECONDS); a failure is logged and tried again."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            await control.refresh()
+        except Exception as raised:  # noqa: BLE001 - the mount goes on with what it has
+            error = user_error_behind(raised)
+            if error is None:
+                log.exception("periodic refresh failed")
+            else:
+                log.warning("periodic refresh: %s", error)
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
