@@ -249,3 +249,18 @@ def test_parse_when():
     assert parse_when("2030-01-31") == dt.datetime(2030, 1, 31).astimezone().timestamp()  # local time
     with pytest.raises(UserError, match="invalid date"):
         parse_when("next tuesday")
+
+
+def test_share_mount_options():
+    from usenetfs.cli.mount_options import parse_mount_options
+    options = parse_mount_options("identity=/keys/me.id,share_password_file=/keys/pw,server=nntps://me@news.example:563,"
+                                  "server_password_file=/keys/server,poll=30")
+    assert options.share_fields() == {"identity": "/keys/me.id", "password_file": "/keys/pw",
+                                      "server": "nntps://me@news.example:563", "server_password_file": "/keys/server"}
+    assert options.poll == 30.0 and options.has_share_fields()
+    assert not parse_mount_options("ro,allow_other").has_share_fields()
+    for bad, message in (("poll=0", "poll takes seconds"), ("poll=soon", "poll takes seconds"),
+                         ("server=nntp://me:pw@news.example", "a password in the URL"),
+                         ("identity", "identity takes a value"), ("password=x", "secrets must not be mount options")):
+        with pytest.raises(UserError, match=message):
+            parse_mount_options(bad)

@@ -26,7 +26,6 @@ from usenetfs.errors import UserError
 from usenetfs.home import Home
 from usenetfs.index import ROOT_INODE, Index
 from usenetfs.index.mirror import Mirror
-from usenetfs.keys import VolumeKeys
 from usenetfs.nntp.client import NNTPClient, PoolOptions
 from usenetfs.nntp.config import ServerConfig
 from usenetfs.nntp.posting import ArticlePoster, VerifyOptions

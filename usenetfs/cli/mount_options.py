@@ -173,8 +173,9 @@ def _apply(options: MountOptions, item: str, *, sloppy: bool, from_file: bool) -
             raise UserError(f"invalid mount option {item!r}: poll takes seconds, from 1 to 604800")
         options.poll = poll
     elif key == "server" and has_value:
-        if "@" in value.partition("://")[2].split("/", 1)[0] and ":" in value.partition("://")[2].split("@", 1)[0]:
-            raise UserError(f"mount option 'server' refused: a password in the URL would show in ps, logs and "
+        authority = value.partition("://")[2].split("/", 1)[0]
+        if "@" in authority and ":" in authority.split("@", 1)[0]:
+            raise UserError("mount option 'server' refused: a password in the URL would show in ps, logs and "
                             "fstab; give server_password_file=FILE")
         options.server = value
     elif key == "foreground" and not has_value:

@@ -153,9 +153,9 @@ class _Control:
 
     def status(self) -> dict:
         state = self.mirror.state() or {}
+        info = self.share.subscription.mount_info() or {}
         return {"share": state.get("name"), "subscription": self.share.subscription.name,
-                "mountpoint": self.share.subscription.mount_info().get("mountpoint") if
-                self.share.subscription.mount_info() else None,
+                "mountpoint": info.get("mountpoint"),
                 "epoch": state.get("epoch"), "seq": state.get("seq"), "expires": state.get("expires"),
                 "published": state.get("published"), "applied": state.get("applied"),
                 "stats": state.get("stats"), "pending": {"files": 0, "bytes": 0, "segments": 0},

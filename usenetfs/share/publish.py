@@ -41,7 +41,6 @@ from ..codec.kdf import hkdf
 from ..codec.segment import KIND_DATA, SegmentId
 from ..errors import UserError
 from ..index import Index, InodeRow, NotFound, ROOT_INODE, VOLUME_SCOPE
-from ..index.layout import ExtentRow
 from ..index.rows import SegmentRow
 from ..keys import VolumeKeys
 from ..nntp.client import NNTPClient

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from ..index.layout import ExtentRow, coalesced
 from ..index.mirror import Mirror
 from ..keys import VolumeKeys
 from ..nntp.client import NNTPClient
+from ..process import process_alive
 from ..volume import Volume, write_json_atomic
 from . import tree
 from .articles import ObjectFetcher, newest_document
@@ -104,8 +106,7 @@ def list_subscriptions(home: Home) -> list[Subscription]:
 
 
 def find_mounted_subscription(home: Home, mountpoint) -> Subscription | None:
-    import os
-    from ..process import process_alive
+    """The subscribed share whose running mount is at `mountpoint`, or None."""
     target = os.path.realpath(mountpoint)
     for sub in list_subscriptions(home):
         info = sub.mount_info()
