@@ -71,7 +71,8 @@ def test_option_and_volume_errors_are_golden_and_exit_32(home, tmp_path):
          f"cannot read the config file {tmp_path}/none.conf: No such file or directory"),
         (["nosuch", mnt, "-o", base], f"no volume named 'nosuch' in {home}/config "
          "(give home=DIR, or create it with 'usenetfs init')"),
-        (["./vol.cap", mnt, "-o", base], "./vol.cap: capability files are not supported yet; give a volume name"),
+        (["./vol.cap", mnt, "-o", f"home={home}"], "capability file ./vol.cap does not exist"),  # a share's
+        (["./vol.cap", mnt, "-o", base], "a share takes share_password_file= or identity=, not a passphrase"),
         (["vol", f"{tmp_path}/missing", "-o", base], f"mountpoint {tmp_path}/missing is not a directory"),
         (["vol", mnt, "-o", f"home={home},passphrase_file={tmp_path}/nopass"],
          f"cannot read the passphrase file {tmp_path}/nopass: No such file or directory"),

@@ -69,6 +69,9 @@ class MountRequest:
     notify_systemd: bool = False
     fsname: str | None = None  # the mount's source in /proc/mounts; default "usenetfs:NAME"
     bootstrap_keys: VolumeKeys | None = None  # from the passphrase: lets backups post the bootstrap
+    # What runs the mount inside trio.run (request, ready fd) -> exit code; default `_serve`,
+    # a volume's. A subscribed share brings its own (usenetfs/share/mount.py).
+    serve: Callable[[MountRequest, int | None], Awaitable[int]] | None = None
 
 
 def mount(request: MountRequest) -> int:
@@ -83,8 +86,9 @@ def mount(request: MountRequest) -> int:
         raise UserError(f"volume {request.volume.name!r} is already mounted at {info['mountpoint']}",
                         EXIT_MOUNT_FAILED)
     request.mountpoint = mountpoint
+    serve = request.serve or _serve
     if request.foreground:
-        return trio.run(_serve, request, None)
+        return trio.run(serve, request, None)
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -95,7 +99,7 @@ def mount(request: MountRequest) -> int:
             os.setsid()
             os.chdir("/")
             _redirect_stdio(request.volume.log_file)
-            code = trio.run(_serve, request, write_end)
+            code = trio.run(serve, request, write_end)
         except BaseException:  # noqa: BLE001 - the child must never return into the CLI
             log.exception("the mount daemon failed")
         finally:
@@ -178,7 +182,8 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     throughput = Throughput(client.retrier.stats)
                     nursery.start_soon(throughput.run)
-                    control = _Control(request, settings, index, data, store, client, throughput, run_backup)
+                    control = _Control(request, settings, index, data, store, client, throughput, run_backup,
+                                       operations.model)
                     await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -274,6 +279,7 @@ class _Control:
     client: NNTPClient
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
+    model: object = None  # the fs model (FsModel): a share publish persists what it holds in memory
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -341,6 +347,15 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
             except Exception as error:  # noqa: BLE001 - reported to the caller, logged here
                 log.exception("index backup failed")
                 await send({"error": f"index backup failed: {error}"})
+        elif op == "share_publish":  # usenetfs share publish|grant|revoke of this mounted volume
+            from .share.publish import publish_mounted
+
+            async def publish(progress):
+                return await publish_mounted(control.request.volume, request.get("share"), control.index,
+                                             control.request.keys, control.client, data, control.model,
+                                             rescan=bool(request.get("rescan")), progress=progress)
+
+            await send({"ok": True, "result": await _with_progress(send, publish)})
         elif op == "bootstrap":
             # `usenetfs passwd` changed the passphrase: backups post the key under the new one.
             control.request.bootstrap_keys = VolumeKeys(bytes.fromhex(request["secret"]))

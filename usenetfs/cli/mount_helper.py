@@ -42,10 +42,12 @@ MARKER = "# mount.usenetfs: installed by 'usenetfs install-mount-helper'"
 
 USAGE = f"""\
 usage: {PROG} VOLUME DIR [-sfnv] [-o OPTIONS]
+       {PROG} CAPFILE DIR [-sfnv] [-o OPTIONS]
 
 Mount the usenetfs volume VOLUME at DIR; mount(8) runs this for 'mount -t usenetfs
 VOLUME DIR' and for fstab lines of type usenetfs. Returns once the mount answers and
-the server accepted the login; otherwise prints one line and exits 32.
+the server accepted the login; otherwise prints one line and exits 32. A path with a
+slash (CAPFILE) is a share's capability file: the share is mounted read-only.
 
 flags:
   -s                    sloppy: ignore unknown mount options
@@ -61,6 +63,11 @@ options (-o, comma-separated):
                         else a prompt on the terminal)
   config=FILE           more options from FILE, one per line ('#' comments)
   foreground            serve in the foreground; READY=1 to $NOTIFY_SOCKET once mounted
+  identity=FILE         a share: your identity file (a share granted to you)
+  share_password_file=FILE  a share: its password
+  server=URL, server_password_file=FILE
+                        a share: read it from this server, not the capability's
+  poll=SECONDS          a share: look for a newer publish this often
   ro, rw                read-only or read-write
   uid=ID, gid=ID        owner of every file (a number or a name)
   umask=NNN             permission bits to clear on every file (octal)
@@ -123,10 +130,10 @@ def parse_argv(argv: list[str]) -> Invocation:
 
 
 def volume_name(spec: str) -> str:
-    """The volume a SPEC names. A SPEC with a slash is a path, meant to be a capability file
-    (the shares issue): this is where it will be read."""
+    """The volume a SPEC names. (A SPEC with a slash is a capability file: `_run` mounts the
+    share it names instead.)"""
     if "/" in spec:
-        raise UserError(f"{spec}: capability files are not supported yet; give a volume name")
+        raise UserError(f"{spec}: a path is a share's capability file, not a volume name")
     return spec
 
 
@@ -158,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(call: Invocation) -> int:
     options = parse_mount_options(",".join(call.options), sloppy=call.sloppy)
-    name = volume_name(call.spec)
     home = Home.resolve(options.home)
+    if "/" in call.spec:
+        return _run_share(call, options, home)
+    name = volume_name(call.spec)
     volume = Volume(home, name)
     if not volume.exists():  # say where we looked: without HOME that is not obvious
         raise UserError(f"no volume named {name!r} in {home.config_dir} "
@@ -178,6 +187,25 @@ def _run(call: Invocation) -> int:
         return 0
     # The source in /proc/mounts is SPEC itself, so `mount -a` sees the line as mounted.
     return mount_volume(home, name, call.directory, options, fsname=call.spec)
+
+
+def _run_share(call: Invocation, options, home: Home) -> int:
+    """SPEC is a capability file: mount the share it names, read-only."""
+    from .share_cmd import mount_capability
+    if options.passphrase_file:
+        raise UserError("a share takes share_password_file= or identity=, not a passphrase")
+    level = logging.INFO if call.verbose or options.foreground else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if call.verbose:
+        print(f"{PROG}: {'checking' if call.fake else 'mounting'} the share of capability file {call.spec} "
+              f"at {call.directory} (home {home.config_dir})", file=sys.stderr)
+    if call.fake:
+        if not os.path.isdir(call.directory):
+            raise UserError(f"mountpoint {call.directory} is not a directory")
+        from ..share.capability import read_capability
+        read_capability(call.spec)
+        return 0
+    return mount_capability(home, call.spec, call.directory, options, fsname=call.spec, **options.share_fields())
 
 
 # --------------------------------------------------------------- installing it

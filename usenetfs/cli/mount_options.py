@@ -1,6 +1,8 @@
 """The -o options of a usenetfs mount: one parser for `usenetfs mount -o` and `mount.usenetfs`.
 
     usenetfs's own      home=DIR, passphrase_file=FILE, config=FILE, foreground
+    shares (capability) identity=FILE, share_password_file=FILE, server=URL, server_password_file=FILE,
+                        poll=SECONDS
     applied by usenetfs ro, rw, uid=, gid=, umask= (pyfuse3 refuses uid/gid/umask)
     passed to FUSE      allow_other, allow_root, default_permissions, nosuid, suid, nodev, dev,
                         noexec, exec, noatime, atime, sync, async, dirsync, max_read=N,
@@ -43,7 +45,9 @@ IGNORED = frozenset({"_netdev", "nofail", "auto", "noauto", "user", "users", "no
 IGNORED_VALUED = frozenset({"comment", "user"})  # user=NAME: mount(8) records who mounted it
 # Every known option, by whether it takes a value: for the error on a misspelt form.
 FLAGS = FUSE_FLAGS | IGNORED | {"ro", "rw", "foreground"}
-VALUED = FUSE_VALUED | IGNORED_VALUED | {"uid", "gid", "umask", "home", "passphrase_file", "config"}
+SHARE_PATHS = frozenset({"identity", "share_password_file", "server_password_file"})  # mounting a capability
+VALUED = FUSE_VALUED | IGNORED_VALUED | SHARE_PATHS | {"uid", "gid", "umask", "home", "passphrase_file", "config",
+                                                      "server", "poll"}
 SECRETS = frozenset({"passphrase", "password", "passwd", "pass", "secret", "key"})
 
 
@@ -59,7 +63,20 @@ class MountOptions:
     passphrase_file: str | None = None
     config: str | None = None
     foreground: bool = False
+    identity: str | None = None  # a share granted to an identity
+    share_password_file: str | None = None  # a password-protected share
+    server: str | None = None  # read a share from this server (URL without a password)
+    server_password_file: str | None = None
+    poll: float | None = None  # a mounted share looks for a newer publish this often (seconds)
     ignored: list[str] = field(default_factory=list)  # for -v: what was dropped and why
+
+    def share_fields(self) -> dict:
+        """The share options, as `share_cmd.mount_capability` takes them."""
+        return {"identity": self.identity, "password_file": self.share_password_file, "server": self.server,
+                "server_password_file": self.server_password_file}
+
+    def has_share_fields(self) -> bool:
+        return any(self.share_fields().values()) or self.poll is not None
 
     def request_fields(self) -> dict:
         """The fields of a `mountd.MountRequest` these options set."""
@@ -145,6 +162,22 @@ def _apply(options: MountOptions, item: str, *, sloppy: bool, from_file: bool) -
         options.umask = umask
     elif key in ("home", "passphrase_file") and has_value:
         setattr(options, key, _path_value(item, from_file=from_file))
+    elif key in SHARE_PATHS and has_value:
+        setattr(options, key, _path_value(item, from_file=from_file))
+    elif key == "poll" and has_value:
+        try:
+            poll = float(value)
+        except ValueError:
+            poll = 0.0
+        if not 1 <= poll <= 7 * 86400:
+            raise UserError(f"invalid mount option {item!r}: poll takes seconds, from 1 to 604800")
+        options.poll = poll
+    elif key == "server" and has_value:
+        authority = value.partition("://")[2].split("/", 1)[0]
+        if "@" in authority and ":" in authority.split("@", 1)[0]:
+            raise UserError("mount option 'server' refused: a password in the URL would show in ps, logs and "
+                            "fstab; give server_password_file=FILE")
+        options.server = value
     elif key == "foreground" and not has_value:
         options.foreground = True
     elif key == "allow_other" and not has_value:

@@ -51,6 +51,14 @@ def register(commands) -> None:
                        help="comma-separated, as for mount.usenetfs (see 'mount.usenetfs --help'): "
                        "ro, rw, allow_other, uid=N, gid=N, umask=NNN, home=DIR, passphrase_file=F, ...")
     mount.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F")
+    shares = mount.add_argument_group("mounting a share (VOLUME is then a capability file, '-' for stdin, or "
+                                      "the capability itself; the mount is read-only)")
+    shares.add_argument("--password-file", metavar="F", help="the share's password")
+    shares.add_argument("--identity", metavar="F", help="your identity file (a share granted to you)")
+    shares.add_argument("--server", metavar="URL", help="read from this server, not the capability's")
+    shares.add_argument("--server-password-file", metavar="F", help="the password of --server's account")
+    shares.add_argument("--poll", type=float, metavar="SECONDS",
+                        help="look for a newer publish this often (default: only at 'share refresh')")
     mount.set_defaults(handler=_mount)
 
     umount = commands.add_parser("umount", help="post everything, then unmount")
@@ -115,8 +123,32 @@ def _mount(args) -> int:
         raise UserError(str(error), EXIT_MOUNT_FAILED) from None
     options.foreground = options.foreground or args.foreground
     options.passphrase_file = _only_once("passphrase file", args.passphrase_file, options.passphrase_file)
-    home = _only_once("home", args.home, options.home)
-    return mount_volume(Home.resolve(home), name, mountpoint, options)
+    home = Home.resolve(_only_once("home", args.home, options.home))
+    shared = {"identity": args.identity, "password_file": args.password_file, "server": args.server,
+              "server_password_file": args.server_password_file}
+    if len(args.args) == 2 and is_capability(home, name):
+        from .share_cmd import mount_capability
+        if options.passphrase_file:
+            raise UserError("a share takes --password-file or --identity, not a passphrase", EXIT_MOUNT_FAILED)
+        if args.poll is not None:
+            options.poll = parse_mount_options(f"poll={args.poll}").poll
+        fields = options.share_fields()
+        for key, value in shared.items():
+            fields[key] = _only_once(key.replace("_", " "), value, fields[key]) if key != "server" else (
+                value or fields[key])
+        return mount_capability(home, name, mountpoint, options, **fields)
+    if any(shared.values()) or args.poll is not None or options.has_share_fields():
+        raise UserError("--password-file, --identity, --server and --poll are for mounting a share's capability",
+                        EXIT_MOUNT_FAILED)
+    return mount_volume(home, name, mountpoint, options)
+
+
+def is_capability(home: Home, spec: str) -> bool:
+    """Whether a mount's first operand names a capability (a file, '-', or the text) rather than
+    a volume: a volume of that name wins."""
+    if spec in list_volumes(home):
+        return False
+    return spec == "-" or spec.lower().startswith("usenetfs-cap") or "/" in spec or os.path.isfile(spec)
 
 
 def _only_once(what: str, flag: str | None, option: str | None) -> str | None:
@@ -148,7 +180,13 @@ def mount_volume(home: Home, name: str, mountpoint: str, options: MountOptions, 
 def _umount(args) -> int:
     from ..mountd import control_request
     home = _home(args)
-    volume = find_mounted(home, args.mountpoint)
+    try:
+        volume = find_mounted(home, args.mountpoint)
+    except UserError:
+        from ..share.subscribe import find_mounted_subscription
+        volume = find_mounted_subscription(home, args.mountpoint)  # a mounted share: nothing to post
+        if volume is None:
+            raise
     info = volume.mount_info()
     if args.no_wait:
         status = trio.run(control_request, volume, "status")

@@ -232,6 +232,15 @@ class FsModel:
         if node.pending:
             self._update(node.row.id)
 
+    def persist_pending(self) -> int:
+        """Write to the index the sizes and times still held in memory for files open for
+        writing (what their release or fsync would write), for a reader of the index
+        itself: a share being published. Returns how many inodes it wrote."""
+        pending = [node for node in self.nodes.values() if node.pending]
+        for node in pending:
+            self._persist(node)
+        return len(pending)
+
     def _writable(self) -> None:
         if self.read_only:
             raise FsError(errno.EROFS)

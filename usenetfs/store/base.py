@@ -80,11 +80,16 @@ def pad_to(pad: int | bool | None) -> int | None:
     return pad + HEADER_SIZE
 
 
+def max_plaintext_for(pad: int | None) -> int:
+    """The codec's max_plaintext for a store padding to `pad` (a plaintext size, or None)."""
+    return max(1 << 20, pad or 0)
+
+
 def make_codec(data_key: bytes, ident: SegmentId, *, cipher: str, pad: int | None) -> SegmentCodec:
     """The codec of one segment (pad: plaintext size, from `pad_to`). Cheap (~10 µs) but
-    not free: build it in the worker thread, next to the encode/decode it serves."""
-    max_plaintext = max(1 << 20, pad or 0)
-    return SegmentCodec(segment_key(data_key, ident), cipher=cipher, pad_to=pad, max_plaintext=max_plaintext)
+    not free: build it in the worker thread, next to the encode/decode it serves. (A store
+    given the segment's key instead of the data key, keyed.py, builds the same codec.)"""
+    return SegmentCodec(segment_key(data_key, ident), cipher=cipher, pad_to=pad, max_plaintext=max_plaintext_for(pad))
 
 
 def data_ident(seg: SegmentRow, scope_id: bytes) -> SegmentId:
@@ -101,6 +106,7 @@ __all__ = [
     "SegmentUnavailable",
     "data_ident",
     "make_codec",
+    "max_plaintext_for",
     "pad_to",
     "segment_key",
 ]
