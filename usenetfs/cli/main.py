@@ -13,7 +13,7 @@ import sys
 
 from .. import __version__
 from ..errors import user_error_behind
-from . import mount_helper, ops_cmd, server_cmd, volume_cmd
+from . import mount_helper, ops_cmd, server_cmd, sync_cmd, volume_cmd
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cmd.register(commands)
     mount_helper.register(commands)
     ops_cmd.register(commands)
+    sync_cmd.register(commands)
     return parser
 
 

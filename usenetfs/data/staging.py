@@ -274,6 +274,13 @@ class Staging:
 
     # ------------------------------------------------------------------ space, backpressure
 
+    def reserve(self, nbytes: int) -> None:
+        """Count `nbytes` as used by files that are not in the dirty set yet (copies
+        `usenetfs sync` stages before their inodes exist); negative to give some back."""
+        self.used += nbytes
+        if nbytes < 0:
+            self.notify()
+
     def notify(self) -> None:
         """Something changed (space freed, a file released or dropped): wake the waiters."""
         self._changed.set()
