@@ -84,8 +84,9 @@ def _feed_zeros(h, n: int) -> None:
         n -= step
 
 
-def _copy_range(src: int, dst: int, start: int, end: int, h, in_kernel: list[bool]) -> None:
-    """Bytes [start, end) of src to the same offsets of dst (hashing them if h)."""
+def _copy_range(src: int, dst: int, start: int, end: int, h, in_kernel: list[bool]) -> int:
+    """Bytes [start, end) of src to the same offsets of dst (hashing them if h). Returns
+    where it stopped: `end`, or less if the source shrank meanwhile."""
     pos = start
     while pos < end:
         want = min(CHUNK, end - pos)
@@ -98,12 +99,12 @@ def _copy_range(src: int, dst: int, start: int, end: int, h, in_kernel: list[boo
                 in_kernel[0] = False
                 continue
             if n == 0:  # the source shrank under us: the stability check sees it
-                return
+                return pos
             pos += n
             continue
         chunk = os.pread(src, want, pos)
         if not chunk:
-            return
+            return pos
         if h is not None:
             h.update(chunk)
         view = memoryview(chunk)
@@ -111,21 +112,28 @@ def _copy_range(src: int, dst: int, start: int, end: int, h, in_kernel: list[boo
             n = os.pwrite(dst, view, pos)
             view = view[n:]
             pos += n
+    return pos
 
 
-def _copy_once(src: int, dst: int, size: int, digest: bool) -> bytes | None:
-    os.ftruncate(dst, 0)
+def _copy_once(src: int, dst: int, st: os.stat_result, digest: bool, again: bool) -> bytes | None:
+    size = st.st_size
+    if again:
+        os.ftruncate(dst, 0)
     h = hashlib.sha256() if digest else None
     in_kernel = [True]
-    pos = 0
-    for start, end in _data_regions(src, size):
+    pos = reached = 0
+    # A file whose blocks cover its size has no holes worth looking for (two lseeks saved
+    # per small file); a sparse one is copied region by region, holes staying holes.
+    dense = st.st_blocks * 512 >= size
+    for start, end in [(0, size)] if dense else _data_regions(src, size):
         if h is not None and start > pos:
             _feed_zeros(h, start - pos)
-        _copy_range(src, dst, start, end, h, in_kernel)
+        reached = _copy_range(src, dst, start, end, h, in_kernel)
         pos = end
     if h is not None and size > pos:
         _feed_zeros(h, size - pos)
-    os.ftruncate(dst, size)  # trailing hole, or cut what a growing source added
+    if reached != size:
+        os.ftruncate(dst, size)  # a trailing hole, or a source that shrank meanwhile
     return None if h is None else h.digest()
 
 
@@ -140,7 +148,7 @@ def copy_into(source: str | bytes | os.PathLike, target: Path, *, digest: bool =
             for attempt in range(COPY_ATTEMPTS):
                 if attempt:
                     st = os.fstat(src)
-                result = _copy_once(src, dst, st.st_size, digest)
+                result = _copy_once(src, dst, st, digest, again=attempt > 0)
                 after = os.fstat(src)
                 stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
                     st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -109,6 +109,7 @@ class FileData:
             try:
                 task_status.started()
                 nursery.start_soon(self._commit_loop)
+                nursery.start_soon(self.staging.empty_trash_forever)
                 await self.uploader.run(nursery)
             finally:
                 self._running = False
@@ -119,6 +120,7 @@ class FileData:
                     self.uploader.sync_retired()
                 except Exception:  # noqa: BLE001 - e.g. the index is already closed
                     log.debug("final index sync skipped", exc_info=True)
+                self.staging.empty_trash_now()
 
     async def recover(self) -> int:
         """At mount, before serving: adopt the staging files a crash (or an umount that did
@@ -311,6 +313,7 @@ class FileData:
                     progress(*last)
                 await staging.changed()
             uploader.sync_retired()  # durable: the index commit, then the unlinks
+            await staging.empty_trash()
             if progress is not None:
                 progress(total, total)
         finally:
@@ -456,6 +459,7 @@ class FileData:
         if ino is None:
             raise RuntimeError("adopt_copy of a copy that was not placed")
         d = self.staging.adopt(ino)
+        d.durable = True  # sync_copies, then staging_names_durable before the commit
         self.staging.reserve(-copy.reserved)
         copy.reserved = 0
         self.uploader.released(d, group)

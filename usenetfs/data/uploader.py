@@ -361,8 +361,11 @@ class Uploader:
         staging = self.staging
         paths = [staging.path(m.d.ino) for m in job.members]
         # Durable before anything refers to it: after a crash mid-upload the staging file
-        # must still hold what the (garbage) rows were made from.
-        await trio.to_thread.run_sync(fsync_paths, paths, staging.directory)
+        # must still hold what the (garbage) rows were made from. (Files staged durably
+        # by usenetfs sync need no fsync: an fsync costs a disk flush even when clean.)
+        unsynced = [p for p, m in zip(paths, job.members) if not m.d.durable]
+        if unsynced:
+            await trio.to_thread.run_sync(fsync_paths, unsynced, staging.directory)
         spans = [(p, m.size) for p, m in zip(paths, job.members)]
         regions = await trio.to_thread.run_sync(lambda: [data_regions(p, n) for p, n in spans])
         for m, r in zip(job.members, regions):

@@ -98,6 +98,12 @@ class SyncStats:
     error_lines: list[str] = field(default_factory=list)
     batches: int = 0
     seconds: float = 0.0
+    # Where the time went (seconds, summed over batches): copying into staging, making
+    # the copies durable, the index transactions, after-commit work (kernel caches).
+    copy_seconds: float = 0.0
+    durable_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    after_seconds: float = 0.0
     scan_done: bool = False
 
     def as_dict(self) -> dict:
@@ -461,18 +467,23 @@ class Sync:
         if not actions:
             return
         files = [a for a in actions if a.kind == "file"]
+        stats = self.stats
         try:
             if files:
                 await self._stage(files)
+            started = time.monotonic()
             changes = self._commit(actions)
+            stats.commit_seconds += time.monotonic() - started
         except BaseException:
             for a in files:
                 if a.copy is not None and a.ino is None:
                     self.data.discard_copy(a.copy)
                     a.copy = None
             raise
-        self.stats.batches += 1
+        stats.batches += 1
+        started = time.monotonic()
         await self.target.after_commit(changes)
+        stats.after_seconds += time.monotonic() - started
 
     async def _stage(self, files: list[Action]) -> None:
         o = self.options
@@ -509,10 +520,14 @@ class Sync:
                         a.digest = result.copied.digest
                 self._report()
 
+        started = time.monotonic()
         async with trio.open_nursery() as nursery:
             for _ in range(min(o.copy_threads, len(groups))):
                 nursery.start_soon(worker)
+        copied = time.monotonic()
         await self.data.sync_copies()
+        self.stats.copy_seconds += copied - started
+        self.stats.durable_seconds += time.monotonic() - copied
 
     def _source_path(self, action: Action, root: bytes) -> bytes:
         rel = action.rel()
