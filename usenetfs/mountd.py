@@ -281,6 +281,7 @@ class _Control:
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
     operations: object = None  # fs.Operations: sync changes the namespace beside the kernel
+    sync_lock: trio.Lock = field(default_factory=trio.Lock)  # one sync at a time
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -344,8 +345,9 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
             await send({"report": report.as_dict()})
         elif op == "sync":
             from .sync.control import serve_sync
-            await serve_sync(send, request, control.index, data, control.operations.model,
-                             read_only=control.request.read_only)
+            async with control.sync_lock:  # a second one waits (e.g. for a cancelled one to stop)
+                await serve_sync(send, request, control.index, data, control.operations.model,
+                                 read_only=control.request.read_only)
         elif op == "backup":
             try:
                 await send(await control.run_backup())

@@ -1,6 +1,7 @@
 """`usenetfs sync SRC [VOLUME:]DEST`: copy a local tree into a volume, fast, and keep it in step.
 
-    usenetfs sync SRC [VOLUME:]DEST [--checksum] [--delete] [-n] [-i] [--wait] [--passphrase-file F]
+    usenetfs sync SRC [VOLUME:]DEST [--checksum] [--delete] [-n] [-i] [--wait] [--json]
+                  [--batch-files N] [--passphrase-file F]
 
 DEST is VOLUME:PATH (a path inside volume VOLUME), or a path inside a mounted volume's
 mountpoint, or else a path inside the volume named 'default'. On a mounted volume the
@@ -12,6 +13,7 @@ The logic is in usenetfs/sync/.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -22,6 +24,7 @@ from ..errors import UserError
 from ..home import Home
 from ..process import process_alive
 from ..volume import DEFAULT_NAME, Volume, list_volumes, read_passphrase
+from ..sync.engine import SyncOptions
 from .progress import Progress, SyncProgress
 
 EXIT_PARTIAL = 1
@@ -68,11 +71,27 @@ def register(commands) -> None:
     sync.add_argument("-i", "--itemize", action="store_true", help="list every change as it is made")
     sync.add_argument("--wait", action="store_true",
                       help="mounted volume: also wait until everything is posted and read back")
+    sync.add_argument("--json", action="store_true",
+                      help="print the counts as JSON (with the changes, given -n or -i)")
+    sync.add_argument("--batch-files", type=_positive, metavar="N", default=SyncOptions.batch_files,
+                      help=f"files copied per index transaction (default {SyncOptions.batch_files})")
     sync.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F (unmounted volume only)")
     sync.set_defaults(handler=_sync)
 
 
 # ---------------------------------------------------------------------- arguments
+
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
 
 def resolve_dest(home: Home, spec: str) -> tuple[Volume, str]:
     """(volume, path inside it) for DEST as the user wrote it."""
@@ -127,13 +146,29 @@ def _sync(args) -> int:
     source = check_source(args.source)
     volume, dest = resolve_dest(home, args.dest)
     mounted = _running(volume)
-    if mounted and _inside(source, os.path.realpath(mounted["mountpoint"])):
-        raise UserError(f"source {args.source} is inside the mount of volume {volume.name!r} itself")
+    exclude = []
+    if mounted:
+        mountpoint = os.path.realpath(mounted["mountpoint"])
+        if _inside(source, mountpoint):
+            raise UserError(f"source {args.source} is inside the mount of volume {volume.name!r} itself")
+        if _inside(mountpoint, source):
+            exclude.append(mountpoint)  # never copy the volume into itself
     show_items = args.dry_run or args.itemize
+    items: list[str] = []
 
     def item_lines(lines) -> None:
+        if args.json:
+            items.extend(lines)
+            return
         for line in lines:
             print(line)
+
+    def report(stats: dict, posted: bool | None) -> None:
+        if args.json:
+            print(json.dumps({"volume": volume.name, "dest": dest, "source": source, **stats,
+                              **({"items": items} if show_items else {})}, indent=2))
+        else:
+            _summary(source, volume, dest, stats, args.dry_run, posted)
 
     if mounted:
         if args.passphrase_file:
@@ -150,18 +185,20 @@ def _sync(args) -> int:
 
             answer = trio.run(lambda: control_request(volume, "sync", on_line, source=source, dest=dest,
                                                       checksum=args.checksum, delete=args.delete,
-                                                      dry_run=args.dry_run, itemize=args.itemize))
+                                                      dry_run=args.dry_run, itemize=show_items,
+                                                      batch_files=args.batch_files, exclude=exclude))
         stats = answer["stats"]
         if args.wait and not args.dry_run:
             from .ops_cmd import wait_for_uploads
-            _summary(source, volume, dest, stats, args.dry_run, posted=None)
+            report(stats, None)
             wait_for_uploads(volume)
-            print(f"posted: everything of {volume.name!r} is posted and read back")
+            if not args.json:
+                print(f"posted: everything of {volume.name!r} is posted and read back")
         else:
-            _summary(source, volume, dest, stats, args.dry_run, posted=False)
+            report(stats, False)
     else:
         stats = _sync_offline(volume, source, dest, args, item_lines if show_items else None)
-        _summary(source, volume, dest, stats, args.dry_run, posted=True)
+        report(stats, True)
     return _errors(stats)
 
 
@@ -216,13 +253,14 @@ def _sync_offline(volume: Volume, source: str, dest: str, args, on_items) -> dic
     from ..index import Index
     from ..nntp.client import NNTPClient, PoolOptions
     from ..session import check_server, segment_store, volume_servers
-    from ..sync import OfflineTarget, Sync, SyncOptions
+    from ..sync import OfflineTarget, Sync
     from ..sync.control import work
 
     settings = volume.load()
     passphrase = read_passphrase(args.passphrase_file)
     keys = volume.unlock(passphrase)
-    options = SyncOptions(checksum=args.checksum, delete=args.delete, dry_run=args.dry_run)
+    options = SyncOptions(checksum=args.checksum, delete=args.delete, dry_run=args.dry_run,
+                          batch_files=args.batch_files)
     pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
     with volume.exclusive(f"usenetfs sync (pid {os.getpid()})"), volume_servers(volume, settings) as configs:
         if _running(volume):  # mounted since we looked: the lock is ours, so it is on its way down

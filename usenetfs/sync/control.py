@@ -5,7 +5,8 @@ While a volume is mounted only its daemon may write the index and the staging ar
 the sync:
 
     -> {"op": "sync", "source": "/abs/src", "dest": "/path/in/volume",
-        "checksum": false, "delete": false, "dry_run": false, "itemize": false}
+        "checksum": false, "delete": false, "dry_run": false, "itemize": false,
+        "batch_files": 2000, "exclude": ["/abs/mountpoint"]}
     <- {"done": W, "total": W, "stats": {...}, "items": ["new file      a/b", ...]}   every 0.5 s
     <- {"ok": true, "stats": {...}}                                                  at the end
 
@@ -17,6 +18,8 @@ next sync picks up from there.
 """
 
 from __future__ import annotations
+
+import os
 
 import trio
 
@@ -46,6 +49,12 @@ async def serve_sync(send, request: dict, index, data, model, *, read_only: bool
         raise UserError("a sync request needs 'source' and 'dest'")
     options = SyncOptions(checksum=bool(request.get("checksum")), delete=bool(request.get("delete")),
                           dry_run=bool(request.get("dry_run")))
+    exclude = request.get("exclude") or []
+    if isinstance(exclude, list) and all(isinstance(path, str) for path in exclude):
+        options.exclude = tuple(os.fsencode(path) for path in exclude)
+    batch_files = request.get("batch_files")
+    if isinstance(batch_files, int) and batch_files > 0:
+        options.batch_files = batch_files
     items: list[str] = []
     want_items = options.dry_run or bool(request.get("itemize"))
     sync = Sync(index, data, MountedTarget(index, data, model), source, dest, options,

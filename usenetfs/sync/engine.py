@@ -70,6 +70,9 @@ class SyncOptions:
     copy_threads: int = 4
     copy_group_files: int = 64  # small files copied per thread hop
     copy_group_bytes: int = 16 << 20
+    # Source directories not to enter (absolute paths): the volume's own mountpoint, when
+    # it lies inside the source.
+    exclude: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -265,10 +268,14 @@ class Sync:
         existing = {} if dest.ino is None else self._dest_entries(dest.ino)
         checks: list[tuple[SourceEntry, C.DestEntry]] = []
         subdirs: list[tuple[DestDir, bytes]] = []
+        exclude = self.options.exclude
         for src in found.entries:
+            kind = src.kind
+            if exclude and kind == stat.S_IFDIR and found.path + b"/" + src.name in exclude:
+                existing.pop(src.name, None)
+                continue
             stats.scanned += 1
             old = existing.pop(src.name, None)
-            kind = src.kind
             if kind == stat.S_IFREG:
                 stats.files_found += 1
             if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO):
@@ -291,7 +298,8 @@ class Sync:
             self._apply_decision(dest, src, old, decision, digest=digest if equal and record else None)
             if self._full():
                 await self._flush()
-        if self.options.delete and found.error is None:
+        # Delete nothing where the source could not be read in full (rsync's rule too).
+        if self.options.delete and found.error is None and not found.problems:
             for name, old in existing.items():
                 if not name.startswith(TEMP_PREFIX):
                     self._delete(dest, name, old.row)
@@ -457,7 +465,10 @@ class Sync:
 
     def _full(self) -> bool:
         o = self.options
-        return (self._batch_files >= o.batch_files or self._batch_bytes >= o.batch_bytes
+        # A batch's copies join the dirty set (where uploads can drain them) only when it
+        # commits: a quarter of the staging area at most, so backpressure has a handle.
+        byte_cap = min(o.batch_bytes, max(1, self.data.staging.limit // 4))
+        return (self._batch_files >= o.batch_files or self._batch_bytes >= byte_cap
                 or len(self._actions) >= o.batch_entries)
 
     async def _flush(self) -> None:
