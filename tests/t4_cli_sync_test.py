@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from usenetfs.home import Home
 from usenetfs.index import Index
 from usenetfs.volume import Volume

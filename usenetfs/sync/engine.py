@@ -34,13 +34,13 @@ sync again compares the tree anew and does the rest.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
@@ -432,8 +432,6 @@ class Sync:
         return in_volume == digest, digest, self.data.dirty_size(old.row.id) is None
 
     async def _volume_digest(self, row: InodeRow) -> bytes:
-        import hashlib
-
         h = hashlib.sha256()
         size = self.data.dirty_size(row.id)
         size = row.size if size is None else size

@@ -1,15 +1,20 @@
-"""Level 1: what `usenetfs sync` decides for one name (usenetfs/sync/compare.py), and the
-content-digest record kept in user.usenetfs.sha256. Pure functions, no I/O."""
+"""Level 1: the pure parts of `usenetfs sync`: what it decides for one name
+(usenetfs/sync/compare.py), the content-digest record kept in user.usenetfs.sha256, and
+its progress line (files and bytes with their rates)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import stat
 
 import pytest
 
+from usenetfs.cli.progress import SyncProgress
 from usenetfs.index import InodeRow
 from usenetfs.sync import compare as C
+from usenetfs.sync.control import FILE_COST, work
+from usenetfs.sync.engine import SyncStats
 from usenetfs.sync.source import SourceEntry
 
 ROOT = C.Owner(True, 0, 0)
@@ -98,3 +103,30 @@ def test_a_digest_record_holds_while_the_ctime_is_the_recorded_one():
     assert C.recorded_digest(dest()) is None
     for damaged in (b"", b"zz 9000", b"abcd 9000", record + b" extra", digest.hex().encode() + b" x"):
         assert C.recorded_digest(dest(xattrs={C.DIGEST_XATTR: damaged}, ctime=9_000)) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_progress_line_shows_files_bytes_and_their_rates(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    out, clock = io.StringIO(), Clock()
+    stats = SyncStats(scanned=5_000, to_copy_files=4_000, to_copy_bytes=40_000_000)
+    with SyncProgress(stream=out, tty=True, clock=clock) as progress:
+        clock.now += 2
+        stats.copied_files, stats.copied_bytes = 1_000, 10_000_000
+        progress.line({"done": work(stats)[0], "total": work(stats)[1], "stats": stats.as_dict()})
+        clock.now += 2
+        stats.scan_done, stats.copied_files, stats.copied_bytes = True, 2_000, 20_000_000
+        progress.sync_update(stats.as_dict(), *work(stats))
+    scanning, done = out.getvalue().split("\r")[1:]
+    # While the source is still being scanned the totals grow: "+", and no time left.
+    assert "25% 1,000 of 4,000+ files (10.0 MB of 40.0 MB+), 5,000 checked, 500 files/s, 5.0 MB/s" in scanning
+    assert "left" not in scanning
+    assert "50% 2,000 of 4,000 files (20.0 MB of 40.0 MB), 5,000 checked, 500 files/s, 5.0 MB/s, 4 s left" in done
+    assert work(stats) == (20_000_000 + 2_000 * FILE_COST, 40_000_000 + 4_000 * FILE_COST)
