@@ -34,6 +34,7 @@ sync again compares the tree anew and does the rest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -55,6 +56,7 @@ from .target import Changes
 log = logging.getLogger(__name__)
 
 MAX_ERRORS_KEPT = 20
+_STAGING_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 TEMP_PREFIX = b".usenetfs-sync."
 
 
@@ -211,13 +213,13 @@ class Sync:
         try:
             entry = stat_entry(self.source)
         except FileNotFoundError:
-            raise UserError(f"source {os.fsdecode(self.source)} does not exist") from None
+            raise UserError(f"source {_shown(self.source)} does not exist") from None
         except OSError as e:
-            raise UserError(f"cannot read the source {os.fsdecode(self.source)}: {e.strerror}") from None
+            raise UserError(f"cannot read the source {_shown(self.source)}: {e.strerror}") from None
         if entry.kind != stat.S_IFDIR:
-            raise UserError(f"source {os.fsdecode(self.source)} is not a directory")
+            raise UserError(f"source {_shown(self.source)} is not a directory")
         if not os.access(self.source, os.R_OK | os.X_OK):
-            raise UserError(f"cannot read the source {os.fsdecode(self.source)}: permission denied")
+            raise UserError(f"cannot read the source {_shown(self.source)}: permission denied")
         return entry
 
     def _dest_root(self, root_src: SourceEntry) -> DestDir:
@@ -280,7 +282,7 @@ class Sync:
                 stats.files_found += 1
             if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO):
                 stats.skipped += 1
-                self._error(f"{os.fsdecode(found.path)}/{os.fsdecode(src.name)}: skipped (devices and sockets "
+                self._error(f"{_shown(found.path)}/{_shown(src.name)}: skipped (devices and sockets "
                             "are not stored)", counted=False)
                 continue
             decision = C.decide(src, old, self.owner, checksum=self.options.checksum)
@@ -512,13 +514,18 @@ class Sync:
                 sources = [(self._source_path(a, parent), a.src.size) for a in group]
                 results = await self.data.stage_copies(sources, digest=o.checksum)
                 for a, result in zip(group, results):
+                    if isinstance(result, OSError) and result.errno in _STAGING_FULL:
+                        # Reading a source never fails so: the staging disk did. Every
+                        # further copy would too: stop (a sync again resumes).
+                        raise UserError(f"cannot write to the staging area {self.data.staging.directory}: "
+                                        f"{result.strerror}")
                     if isinstance(result, OSError):
                         if isinstance(result, FileNotFoundError):
                             self.stats.vanished += 1
                             a.failed = "vanished"
                         else:
                             a.failed = result.strerror or str(result)
-                            self._error(f"{os.fsdecode(self._source_path(a, parent))}: {a.failed}")
+                            self._error(f"{_shown(self._source_path(a, parent))}: {a.failed}")
                         continue
                     a.copy = result
                     self.stats.copied_files += 1
@@ -763,11 +770,11 @@ class Sync:
         return dest.rel + b"/" + name if dest.rel else name
 
     def _show(self, dest: DestDir, name: bytes) -> str:
-        return os.fsdecode(self._rel(dest, name))
+        return _shown(self._rel(dest, name))
 
     def _item(self, what: str, rel: bytes) -> None:
         if self.on_item is not None:
-            self.on_item(f"{what:14}{os.fsdecode(rel) or '.'}")
+            self.on_item(f"{what:14}{_shown(rel) or '.'}")
 
     def _error(self, line: str, *, counted: bool = True) -> None:
         if counted:
@@ -779,6 +786,12 @@ class Sync:
     def _report(self) -> None:
         if self.progress is not None:
             self.progress(self.stats)
+
+
+def _shown(path: bytes) -> str:
+    """A path for a message: any bytes that are not UTF-8 as backslash escapes, so the
+    line can always be printed (and sent as JSON)."""
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _kind_name(kind: int) -> str:

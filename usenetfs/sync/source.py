@@ -95,14 +95,14 @@ def list_directory(path: bytes) -> Listing:
         with os.scandir(path) as it:
             names = [(d.name, d.path) for d in it]
     except OSError as e:
-        return Listing(path, [], f"{os.fsdecode(path)}: {e.strerror}", [])
+        return Listing(path, [], f"{path.decode('utf-8', 'backslashreplace')}: {e.strerror}", [])
     for name, full in names:
         try:
             entries.append(entry_of(full, name, os.lstat(full)))
         except FileNotFoundError:
             continue  # vanished since the listing
         except OSError as e:
-            problems.append(f"{os.fsdecode(full)}: {e.strerror}")
+            problems.append(f"{full.decode('utf-8', 'backslashreplace')}: {e.strerror}")
     entries.sort(key=lambda e: e.name)
     return Listing(path, entries, None, problems)
 
