@@ -12,8 +12,9 @@ mount never leaves a stale mountpoint.
 While mounted, a Unix socket (volume.control_socket, owner-only) answers requests of one
 JSON object per line: `status` (uploads pending, transfer rates, retries, connections,
 cache use, files with problems), `flush` and `verify` (progress lines, then the result),
-`backup`, and `bootstrap` (after `usenetfs passwd`: the next backup posts the key under
-the new passphrase). `usenetfs umount`, `status`, `flush`, `verify` and `passwd` use it.
+`sync` (usenetfs sync into the mounted volume: sync/control.py), `backup`, and `bootstrap`
+(after `usenetfs passwd`: the next backup posts the key under the new passphrase).
+`usenetfs umount`, `status`, `flush`, `verify`, `sync` and `passwd` use it.
 On unmount (by fusermount3 -u, umount(8) or SIGTERM) uploads in flight are abandoned:
 their staging files stay and the next mount resumes them.
 """
@@ -29,6 +30,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -125,8 +127,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     tune_malloc()
     local_server = None
     index = None
+    owner = ExitStack()
     try:
         settings = volume.load()
+        owner.enter_context(volume.exclusive(f"the mount at {request.mountpoint} (pid {os.getpid()})"))
         local_url = None
         if LOCAL_SERVER in settings.servers:
             from .innserver import InnServer
@@ -183,7 +187,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     throughput = Throughput(client.retrier.stats)
                     nursery.start_soon(throughput.run)
                     control = _Control(request, settings, index, data, store, client, throughput, run_backup,
-                                       operations.model)
+                                       operations)
                     await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -221,6 +225,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             index.close()
         if local_server is not None:
             local_server.stop()
+        owner.close()
 
 
 async def _backup_when_settled(volume: Volume, data, run_backup) -> None:
@@ -279,7 +284,8 @@ class _Control:
     client: NNTPClient
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
-    model: object = None  # the fs model (FsModel): a share publish persists what it holds in memory
+    operations: object = None  # fs.Operations: sync changes the namespace beside the kernel
+    sync_lock: trio.Lock = field(default_factory=trio.Lock)  # one sync at a time
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -341,6 +347,11 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
 
             report = await _with_progress(send, verify)
             await send({"report": report.as_dict()})
+        elif op == "sync":
+            from .sync.control import serve_sync
+            async with control.sync_lock:  # a second one waits (e.g. for a cancelled one to stop)
+                await serve_sync(send, request, control.index, data, control.operations.model,
+                                 read_only=control.request.read_only)
         elif op == "backup":
             try:
                 await send(await control.run_backup())
@@ -352,7 +363,7 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
 
             async def publish(progress):
                 return await publish_mounted(control.request.volume, request.get("share"), control.index,
-                                             control.request.keys, control.client, data, control.model,
+                                             control.request.keys, control.client, data, control.operations.model,
                                              rescan=bool(request.get("rescan")), progress=progress)
 
             await send({"ok": True, "result": await _with_progress(send, publish)})

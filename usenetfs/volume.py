@@ -6,6 +6,8 @@
     data_dir/volumes/NAME/index.sqlite    the index
     data_dir/volumes/NAME/staging/        write-back staging (durable: not a cache)
     data_dir/volumes/NAME/mount.json      the running mount: mountpoint, pid, control socket
+    data_dir/volumes/NAME/owner.lock      flock(2) held by the one process that owns the index
+                                          and staging: the mount daemon, or an offline sync
     data_dir/volumes/NAME/backup-chunks   index chunks the server has (usenetfs.backup)
     data_dir/volumes/NAME/backup-snapshot.sqlite  the index copy a running backup posts from
     cache_dir/volumes/NAME/               segment cache (may be deleted at any time)
@@ -15,6 +17,7 @@ Everything here is synchronous and small; nothing talks to a server.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import hmac
@@ -23,6 +26,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,6 +193,27 @@ class Volume:
             config = parse_server_url(url, ca_file=settings.ca_file)
             configs.append(config.with_password(passwords.get(config.describe(), config.password)))
         return configs
+
+    @contextmanager
+    def exclusive(self, holder: str) -> Iterator[None]:
+        """Own the volume's index and staging area for the duration (flock on owner.lock,
+        released by the kernel if the process dies). Only one process may: the mount
+        daemon, or `usenetfs sync` on an unmounted volume. UserError naming the holder if
+        another process owns it. `holder` says who we are, for that message."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # O_CLOEXEC: a server the daemon starts must not inherit (and so keep) the lock.
+        fd = os.open(self.data_dir / "owner.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+                raise UserError(f"volume {self.name!r} is in use by {other}") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     def mount_info(self) -> dict | None:
         try:

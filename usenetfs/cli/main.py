@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 from ..errors import user_error_behind
-from . import mount_helper, ops_cmd, server_cmd, share_cmd, volume_cmd
+from . import mount_helper, ops_cmd, server_cmd, share_cmd, sync_cmd, volume_cmd
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount_helper.register(commands)
     ops_cmd.register(commands)
     share_cmd.register(commands)
+    sync_cmd.register(commands)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Progress of long commands on stderr: a bar on a terminal, plain lines otherwise.
 
-Owns `Progress`, used by umount (waiting for uploads), flush, verify, fsck and restore.
+Owns `Progress`, used by umount (waiting for uploads), flush, verify, fsck and restore,
+and `SyncProgress` (files and bytes with their rates) for sync.
 On a terminal it redraws one line in place (bar, percentage, amount, rate, time left) at
 most ten times a second. Otherwise (a log, a pipe, systemd) it prints a plain line when
 another tenth of the work is done, at most one every `PLAIN_INTERVAL` seconds, and a last
@@ -113,6 +114,43 @@ class Progress:
         self._drawn_width = len(text)
 
 
+class SyncProgress(Progress):
+    """The progress of `usenetfs sync`: files and bytes copied out of those found so far
+    (with "+" while the source is still being scanned: the totals still grow), entries
+    checked, and the rates of both. Fed with the sync's stats (a dict, as the mount
+    daemon streams them, or SyncStats.as_dict()) and (done, total) units of work."""
+
+    def __init__(self, label: str = "syncing", **kwargs) -> None:
+        super().__init__(label, unit="files", **kwargs)
+        self.stats: dict = {}
+
+    def line(self, answer: dict) -> None:
+        self.stats = answer.get("stats") or self.stats
+        self.update(answer.get("done", 0), answer.get("total", 0))
+
+    def sync_update(self, stats: dict, done: int, total: int) -> None:
+        self.stats = stats
+        self.update(done, total)
+
+    def _summary(self) -> str:
+        s = self.stats
+        if not s:
+            return super()._summary()
+        scanning = not s.get("scan_done")
+        more = "+" if scanning else ""
+        files, files_total = s["copied_files"], s["to_copy_files"]
+        copied, to_copy = s["copied_bytes"], s["to_copy_bytes"]
+        fraction = self.done / self.total if self.total else 1.0
+        text = (f"{100 * fraction:3.0f}% {files:,} of {files_total:,}{more} files "
+                f"({_amount(copied, 'bytes')} of {_amount(to_copy, 'bytes')}{more}), {s['scanned']:,} checked")
+        elapsed = self.clock() - self.started
+        if elapsed >= 1:
+            text += f", {files / elapsed:,.0f} files/s, {_amount(copied / elapsed, 'bytes')}/s"
+            if not scanning and self.done and self.done < self.total:
+                text += f", {_duration((self.total - self.done) * elapsed / self.done)} left"
+        return text
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
@@ -122,4 +160,4 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "SyncProgress"]

@@ -1,8 +1,10 @@
 """The data of regular files: write-back staging, packing and upload, read-through cache.
 
     filedata.py  `FileData`: the API the fs layer calls (docs/filesystem-contracts.md),
-                 materialisation of a clean file before its first write
+                 materialisation of a clean file before its first write, bulk staging
+                 of local files (usenetfs sync)
     staging.py   staging files (one per dirty inode), space accounting, backpressure
+    copyin.py    copying local files into staging files (worker threads; usenetfs sync)
     uploader.py  the background task: when to upload what, packing, runs, commit, retry
     reader.py    clean reads: extent maps, segment fetch with retries, read-ahead, health
     segcache.py  the segment LRU (bytes-bounded, first segments kept apart), single flight
@@ -53,6 +55,16 @@ Who owns what:
   others wait on its Event. Read-ahead tasks run in FileData.run()'s nursery.
 - The extent-map cache: filled by reads, invalidated by the uploader's commit, by
   `truncate` and `open_for_write(truncate=True)`, and by `forget`.
+- Purging: a retired staging file is renamed aside (`purged-<ino>-<n>.tmp`) on the trio
+  thread, so the inode's staging path is free at once, and unlinked later by
+  `Staging.empty_trash` in a worker thread; its space counts as used until then.
+- Bulk staging (usenetfs sync): `stage_copies` copies local files in a worker thread into
+  `sync-<pid>-<n>.tmp` staging files of no inode, reserving their space first; the sync
+  then, in ONE index batch with no await, makes the inodes and `place_copy`s each copy to
+  its inode's staging path (and fsyncs the directory); once the batch committed,
+  `adopt_copy` puts it in the dirty set, released, marked `durable` (the uploader skips
+  its fsync). A crash before the commit leaves `.tmp` files and staging files of inodes
+  that do not exist: recover() removes both.
 
 The fs layer's side of the contract (how to wire it):
 - Size: while a file is dirty, `dirty_size(ino)` is its size (use it in getattr). The fs

@@ -20,6 +20,7 @@ import trio
 from ..index import Index, NotFound
 from ..index.schema import VOLUME_SCOPE
 from ..store.base import SegmentStore
+from .copyin import StagedCopy, copy_into, sync_filesystem
 from .reader import Reader
 from .segcache import SegmentCache
 from .staging import DirtyFile, Staging, fsync_paths
@@ -97,6 +98,7 @@ class FileData:
         self._running = False
         self._unsynced: set[int] = set()  # written since the last durability pass
         self.commit_interval = commit_interval
+        self._copy_seq = 0  # names of staged copies (usenetfs sync)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,6 +111,7 @@ class FileData:
             try:
                 task_status.started()
                 nursery.start_soon(self._commit_loop)
+                nursery.start_soon(self.staging.empty_trash_forever)
                 await self.uploader.run(nursery)
             finally:
                 self._running = False
@@ -119,6 +122,7 @@ class FileData:
                     self.uploader.sync_retired()
                 except Exception:  # noqa: BLE001 - e.g. the index is already closed
                     log.debug("final index sync skipped", exc_info=True)
+                self.staging.empty_trash_now()
 
     async def recover(self) -> int:
         """At mount, before serving: adopt the staging files a crash (or an umount that did
@@ -316,6 +320,7 @@ class FileData:
                     progress(*last)
                 await staging.changed()
             uploader.sync_retired()  # durable: the index commit, then the unlinks
+            await staging.empty_trash()
             if progress is not None:
                 progress(total, total)
         finally:
@@ -386,6 +391,95 @@ class FileData:
             self.staging.set_open(d, True)
         self.uploader.written(d)
         self._unsynced.add(d.ino)  # a new staging file: its name must become durable too
+
+    # ------------------------------------------------------------------ bulk staging (usenetfs sync)
+    #
+    # `usenetfs sync` copies local files straight into staging files and hands them to the
+    # same uploader as files closed through FUSE. The order makes a crash safe at every
+    # step: stage_copy (a `.tmp` staging file of no inode: recover() removes it) ->
+    # sync_copies (durable) -> inside ONE index batch: make the inode, place_copy (renamed
+    # to the inode's staging path), staging_names_durable -> commit -> adopt_copy (dirty set,
+    # upload soon). A crash before the commit leaves staging files of inodes that do not
+    # exist: recover() removes them. After it, they are ordinary dirty files.
+
+    async def stage_copies(self, sources: list[tuple[object, int]], *, digest: bool = False) -> list:
+        """Copy local regular files into new staging files of no inode, in one worker
+        thread (a thread hop per small file would cost more than its copy). `sources`:
+        (path, expected size). Waits for staging space like write() (backpressure, never
+        fails for space). Returns, in order, a StagedCopy or the OSError that stopped
+        that file (it leaves nothing behind)."""
+        reserve = sum(-(-max(size, 1) // 4096) * 4096 for _, size in sources)
+        await self.staging.wait_for_space(reserve, self.uploader.pressure)
+        self.staging.reserve(reserve)
+        paths = []
+        for _ in sources:
+            self._copy_seq += 1
+            paths.append(self.staging.directory / f"sync-{os.getpid()}-{self._copy_seq}.tmp")
+
+        def copy_all() -> list:
+            out = []
+            for (source, _), path in zip(sources, paths):
+                try:
+                    out.append(copy_into(source, path, digest=digest))
+                except OSError as error:
+                    out.append(error)
+            return out
+
+        try:
+            results = await trio.to_thread.run_sync(copy_all)
+        finally:
+            self.staging.reserve(-reserve)
+        copies: list = []
+        for path, result in zip(paths, results):
+            if isinstance(result, OSError):
+                copies.append(result)
+            else:
+                self.staging.reserve(result.alloc)
+                copies.append(StagedCopy(path, result, result.alloc))
+        return copies
+
+    async def sync_copies(self) -> None:
+        """Make the staged copies durable (one syncfs of the staging file system)."""
+        await trio.to_thread.run_sync(sync_filesystem, self.staging.directory)
+
+    def place_copy(self, copy: StagedCopy, ino: int) -> None:
+        """Inside the index batch that creates `ino` (a regular file whose size is the
+        copy's): rename the copy to its staging path. Then `staging_names_durable()`
+        before the batch commits; afterwards adopt_copy, or discard_copy if it failed."""
+        if ino in self.staging.files or ino in self._tokens:
+            raise RuntimeError(f"inode {ino} already has staging data")
+        target = self.staging.path(ino)
+        os.rename(copy.path, target)
+        copy.path, copy.placed = target, ino
+
+    def staging_names_durable(self) -> None:
+        """fsync the staging directory (synchronous: called inside the index batch, so
+        the renames are durable before the commit that refers to them can be)."""
+        fd = os.open(self.staging.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def adopt_copy(self, copy: StagedCopy, group: int) -> None:
+        """The batch that placed `copy` committed: the file is dirty and released, to be
+        uploaded soon and packed with the other small files of directory `group`."""
+        ino = copy.placed
+        if ino is None:
+            raise RuntimeError("adopt_copy of a copy that was not placed")
+        d = self.staging.adopt(ino)
+        self.staging.reserve(-copy.reserved)
+        copy.reserved = 0
+        self.uploader.released(d, group)
+
+    def discard_copy(self, copy: StagedCopy) -> None:
+        """Give up a staged copy (its batch failed, or the sync stopped before using it)."""
+        try:
+            os.unlink(copy.path)
+        except FileNotFoundError:
+            pass
+        self.staging.reserve(-copy.reserved)
+        copy.reserved = 0
 
 
 __all__ = ["FileData"]

@@ -647,7 +647,9 @@ class FsModel:
 
     def list_xattrs(self, ino: int) -> list[bytes]:
         self.row(ino)
-        return self.index.list_xattrs(ino)
+        # Stored user.usenetfs.* attributes (sync's content digest) are readable by name
+        # but not listed, for the same reason as the virtual ones.
+        return [n for n in self.index.list_xattrs(ino) if not n.startswith(_RESERVED_XATTR_PREFIX)]
 
     def _check_xattr_change(self, ino: int, name: bytes) -> None:
         self._writable()
@@ -669,6 +671,25 @@ class FsModel:
             self.index.remove_xattr(ino, name)
             self.index.update_inode(ino, ctime_ns=self._clock())
         self._refresh(ino)
+
+    # ------------------------------------------------------------------ changes beside the kernel
+
+    # `usenetfs sync` runs inside the mount daemon and changes the index directly (in
+    # batches), not through FUSE requests. These keep the model's side right afterwards.
+
+    def knows(self, ino: int) -> bool:
+        """True if the kernel holds (or has open) inode `ino`: its cached entries and
+        attributes must be invalidated when the index changes it."""
+        return ino in self.nodes
+
+    def reload(self, inos) -> None:
+        """The index changed these inodes: reload the cached rows (for the ones held)."""
+        self._refresh(*(ino for ino in inos if ino in self.nodes))
+
+    def drop_unnamed(self, ino: int) -> None:
+        """`ino` lost its last name outside the model: delete it now, unless the kernel
+        or a handle still holds it (then it goes at the last forget or release)."""
+        self._maybe_drop(ino)
 
     # ------------------------------------------------------------------ statistics
 
