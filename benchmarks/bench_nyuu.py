@@ -128,10 +128,10 @@ def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connec
 class Measurement:
     """One timed step, with the CPU it cost and what else the machine was doing."""
 
-    def __init__(self, fn, tool_pids, inn_pids):
+    def __init__(self, fn, tool_pids, inn_pids, daemon_pids=set):
         self.others = background_load()  # the other users' load, in the second before
         meter = CpuMeter().start()
-        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids}).start()
+        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "daemon": daemon_pids}).start()
         self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
         result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
@@ -140,10 +140,12 @@ class Measurement:
         self.parts = result if isinstance(result, tuple) else (result,)
         self.seconds = sum(self.parts)
 
-    def tool_split_per_gb(self, nbytes: int) -> tuple[float, float]:
-        """The tool's core-seconds per GB before and after the step's one mark()."""
+    def usenetfs_split_per_gb(self, nbytes: int) -> tuple[float, float, float]:
+        """usenetfs's core-seconds per GB: the tool's before the step's one mark() (the cp)
+        and after it (the umount), and the mount daemon's share of the whole."""
+        gb = nbytes / 1e9
         before = self.marks[0]["tool"]
-        return before / (nbytes / 1e9), (self.cpu["tool"] - before) / (nbytes / 1e9)
+        return before / gb, (self.cpu["tool"] - before) / gb, self.cpu["daemon"] / gb
 
     def per_gb(self, nbytes: int) -> tuple[float, float]:
         """Core-seconds per GB of the tool and of INN."""
@@ -205,12 +207,13 @@ def main() -> None:
                     nbytes, fn = steps[name]
                     if name == names[3]:
                         volume.mount()  # not timed
-                    m = Measurement(fn, tool_pids[name], server_pids)
+                    m = Measurement(fn, tool_pids[name], server_pids,
+                                    volume.daemon_pids if name == names[3] else set)
                     rates[name].append(nbytes / m.seconds / 1e6)
                     split = ""
                     if len(m.parts) == 2:
-                        split = ("  (cp {:.1f} s, umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f})"
-                                 .format(*m.parts, *m.tool_split_per_gb(nbytes)))
+                        split = ("  (cp {:.1f} s + umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f}, "
+                                 "daemon {:.1f})".format(*m.parts, *m.usenetfs_split_per_gb(nbytes)))
                     tool, inn = m.per_gb(nbytes)
                     print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}{m.busy:6.0%}"
                           f"{m.others:7.0%}  {load_average()}{split}", flush=True)
