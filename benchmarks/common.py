@@ -157,6 +157,17 @@ def background_load(seconds: float = 1.0) -> float:
     return meter.stop()
 
 
+def dirty_mb() -> float:
+    """MB of file data waiting to be written to disk (Dirty + Writeback in /proc/meminfo):
+    past vm.dirty_ratio the kernel throttles every writer, INN's spool and our staging alike."""
+    kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(("Dirty:", "Writeback:")):
+                kib += int(line.split()[1])
+    return kib * 1024 / 1e6
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
