@@ -22,8 +22,9 @@ every 0.2 s: "tool" the poster's own processes (this process for raw POST; node 
 usenetfs the mount daemon, the cp in this process and `usenetfs umount`), "INN" innd and its
 nnrpd. "busy" is the share of all cores busy during the step (/proc/stat: anyone's work). The
 machine is shared, so each step also prints the other users' load ("others": share of all cores
-busy in the idle second before it) and the load average; compare figures of one run, and only
-steps whose "others" stayed low.
+busy in the idle second before it), the MB of written data the kernel had not yet put on disk
+("dirty": near vm.dirty_ratio it throttles every writer) and the load average; compare figures of
+one run, and only steps whose "others" stayed low.
 
 Needs Nyuu: `bash benchmarks/setup_nyuu.sh` (installs it into benchmarks/.nyuu).
 
@@ -49,7 +50,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_nntp import PAYLOAD, make_articles, raw_run  # noqa: E402
 from common import (GROUP, CpuMeter, CpuSampler, Volume, background_load, children,  # noqa: E402
-                    load_average, random_source)
+                    dirty_mb, load_average, random_source)
 from usenetfs.innserver import InnServer  # noqa: E402
 
 NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
@@ -128,10 +129,11 @@ def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connec
 class Measurement:
     """One timed step, with the CPU it cost and what else the machine was doing."""
 
-    def __init__(self, fn, tool_pids, inn_pids):
+    def __init__(self, fn, tool_pids, inn_pids, daemon_pids=set):
         self.others = background_load()  # the other users' load, in the second before
+        self.dirty = dirty_mb()
         meter = CpuMeter().start()
-        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids}).start()
+        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "daemon": daemon_pids}).start()
         self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
         result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
@@ -140,10 +142,12 @@ class Measurement:
         self.parts = result if isinstance(result, tuple) else (result,)
         self.seconds = sum(self.parts)
 
-    def tool_split_per_gb(self, nbytes: int) -> tuple[float, float]:
-        """The tool's core-seconds per GB before and after the step's one mark()."""
+    def usenetfs_split_per_gb(self, nbytes: int) -> tuple[float, float, float]:
+        """usenetfs's core-seconds per GB: the tool's before the step's one mark() (the cp)
+        and after it (the umount), and the mount daemon's share of the whole."""
+        gb = nbytes / 1e9
         before = self.marks[0]["tool"]
-        return before / (nbytes / 1e9), (self.cpu["tool"] - before) / (nbytes / 1e9)
+        return before / gb, (self.cpu["tool"] - before) / gb, self.cpu["daemon"] / gb
 
     def per_gb(self, nbytes: int) -> tuple[float, float]:
         """Core-seconds per GB of the tool and of INN."""
@@ -176,7 +180,7 @@ def main() -> None:
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
     print(f"\n{'':34}{'':13}{'CPU s/GB':^12}")
-    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'busy':>6}{'others':>7}  load average")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'busy':>6}{'others':>7}{'dirty':>7}  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
@@ -205,15 +209,16 @@ def main() -> None:
                     nbytes, fn = steps[name]
                     if name == names[3]:
                         volume.mount()  # not timed
-                    m = Measurement(fn, tool_pids[name], server_pids)
+                    m = Measurement(fn, tool_pids[name], server_pids,
+                                    volume.daemon_pids if name == names[3] else set)
                     rates[name].append(nbytes / m.seconds / 1e6)
                     split = ""
                     if len(m.parts) == 2:
-                        split = ("  (cp {:.1f} s, umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f})"
-                                 .format(*m.parts, *m.tool_split_per_gb(nbytes)))
+                        split = ("  (cp {:.1f} s + umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f}, "
+                                 "daemon {:.1f})".format(*m.parts, *m.usenetfs_split_per_gb(nbytes)))
                     tool, inn = m.per_gb(nbytes)
                     print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}{m.busy:6.0%}"
-                          f"{m.others:7.0%}  {load_average()}{split}", flush=True)
+                          f"{m.others:7.0%}{m.dirty:7.0f}  {load_average()}{split}", flush=True)
                 del articles, steps
                 print()
     finally:

@@ -80,7 +80,9 @@ class CpuSampler:
 
     `groups` maps a label to a function returning the PIDs of that group right now. A thread
     samples /proc every `interval` seconds; a process that exits loses at most its last
-    interval (INN's nnrpd lives as long as its connection, Nyuu until the end).
+    interval (INN's nnrpd lives as long as its connection, Nyuu until the end). A group that
+    holds this process is not charged for the sampling itself (~0.5% of a core per 1,000
+    processes on the machine).
     """
 
     def __init__(self, groups: dict[str, Callable[[], set[int]]], interval: float = 0.2):
@@ -88,10 +90,16 @@ class CpuSampler:
         self._base: dict[tuple[int, int], float] = {}
         self._last: dict[tuple[str, int, int], float] = {}
         self._stop = threading.Event()
+        self._own = 0.0  # CPU seconds spent sampling, in whichever thread did it
+        self._holding_me: set[str] = set()
 
     def _sample(self, baseline: bool = False) -> None:
+        started = time.thread_time()
         for label, pids in self.groups.items():
-            for pid in pids():
+            found = pids()
+            if os.getpid() in found:
+                self._holding_me.add(label)
+            for pid in found:
                 got = _process_cpu(pid)
                 if got is None:
                     continue
@@ -99,6 +107,8 @@ class CpuSampler:
                 if baseline:
                     self._base[key] = got[1]
                 self._last[(label, *key)] = got[1]
+        if not baseline:
+            self._own += time.thread_time() - started
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -121,6 +131,8 @@ class CpuSampler:
         used = dict.fromkeys(self.groups, 0.0)
         for (label, pid, started), cpu in self._last.items():
             used[label] += cpu - self._base.get((pid, started), 0.0)
+        for label in self._holding_me:
+            used[label] -= self._own
         return used
 
 
@@ -143,6 +155,17 @@ def background_load(seconds: float = 1.0) -> float:
     meter = CpuMeter().start()
     time.sleep(seconds)
     return meter.stop()
+
+
+def dirty_mb() -> float:
+    """MB of file data waiting to be written to disk (Dirty + Writeback in /proc/meminfo):
+    past vm.dirty_ratio the kernel throttles every writer, INN's spool and our staging alike."""
+    kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(("Dirty:", "Writeback:")):
+                kib += int(line.split()[1])
+    return kib * 1024 / 1e6
 
 
 def load_average() -> str:
