@@ -12,7 +12,8 @@ mount never leaves a stale mountpoint.
 While mounted, a Unix socket (volume.control_socket, owner-only) answers requests of one
 JSON object per line: `status` (uploads pending, transfer rates, retries, connections,
 cache use, files with problems), `flush` and `verify` (progress lines, then the result),
-`backup`, and `bootstrap` (after `usenetfs passwd`: the next backup posts the key under
+`backup` (skipped, answering the last backup's number, when the index had no write since
+it: see _BackedUp), and `bootstrap` (after `usenetfs passwd`: the next backup posts the key under
 the new passphrase). `usenetfs umount`, `status`, `flush`, `verify` and `passwd` use it.
 On unmount (by fusermount3 -u, umount(8) or SIGTERM) uploads in flight are abandoned:
 their staging files stay and the next mount resumes them.
@@ -112,6 +113,7 @@ def mount(request: MountRequest) -> int:
 
 
 async def _serve(request: MountRequest, ready_fd: int | None) -> int:
+    from .backup import current as backup_current
     from .data import FileData
     from .fs import Operations, fuse_options
     from .index import Index
@@ -121,6 +123,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     tune_malloc()
     local_server = None
     index = None
+    backed_up = None
     try:
         settings = volume.load()
         local_url = None
@@ -135,9 +138,11 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
         await check_server(config)
+        as_backed_up = volume.index_file.exists() and backup_current.take(volume, settings.last_backup)
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())
+        backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup)
         for ino in index.orphans():  # unlinked while open when the last mount crashed
             index.delete_inode(ino)  # its staging file, if any, is dropped by recover()
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
@@ -171,14 +176,19 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     async def run_backup() -> dict:
                         from .backup import backup
                         async with backup_lock:
+                            writes = index.writes  # the snapshot holds at least these
+                            if writes == backed_up.writes:  # no change since the last backup
+                                return {"ok": True, "backup": backed_up.seq, "unchanged": True}
                             seq = await backup(volume, volume.load(), request.keys, client,
                                                request.bootstrap_keys)
+                            backed_up.writes, backed_up.seq = writes, seq
                         return {"ok": True, "backup": seq}
 
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     throughput = Throughput(client.retrier.stats)
                     nursery.start_soon(throughput.run)
-                    control = _Control(request, settings, index, data, store, client, throughput, run_backup)
+                    control = _Control(request, settings, index, data, store, client, throughput, run_backup,
+                                       backed_up)
                     await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -213,7 +223,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         return EXIT_MOUNT_FAILED
     finally:
         if index is not None:
+            unchanged = backed_up is not None and backed_up.writes == index.writes
             index.close()
+            if unchanged:  # the next mount need not back up an index it does not change
+                backup_current.note(volume, backed_up.seq)
         if local_server is not None:
             local_server.stop()
 
@@ -251,6 +264,18 @@ async def _backup_when_settled(volume: Volume, data, run_backup) -> None:
         changed_at = None
 
 
+@dataclass
+class _BackedUp:
+    """The index as of the newest backup: the mount's Index write count then (None:
+    unknown, the next backup runs) and the backup's number. An umount (or a timer) asking
+    for a backup of an index with no write since gets that number back, and costs nothing
+    (a backup copies and hashes the whole index: seconds at full size). backup/current.py
+    carries "no write since backup N" from one mount to the next."""
+
+    writes: int | None
+    seq: int
+
+
 def _index_signature(volume: Volume) -> tuple:
     out = []
     for suffix in ("", "-wal"):
@@ -274,6 +299,7 @@ class _Control:
     client: NNTPClient
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
+    backed_up: _BackedUp
 
 
 async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -344,6 +370,7 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
         elif op == "bootstrap":
             # `usenetfs passwd` changed the passphrase: backups post the key under the new one.
             control.request.bootstrap_keys = VolumeKeys(bytes.fromhex(request["secret"]))
+            control.backed_up.writes = None  # the next backup runs, even with no change, and posts it
             log.info("passphrase changed: the next backup posts the key under the new one")
             await send({"ok": True})
         else:
