@@ -16,6 +16,9 @@ then, through the CLI and the mount:
   evicting every inode the kernel cached: 3.3M after the find at full size).
 
 Then the growth: each figure at full size divided by the same at 1/100, against the goals.
+Beside the wall-clock figures, which other work on a shared machine makes noisy, the CPU
+the mount daemon spent per operation (from /proc/PID/stat) and the kernel time of `find`
+per entry: what the volume's size can change, measured apart from the waiting.
 
 Generated indexes are cached under --dir (default /var/tmp/usenetfs-scale) with the home
 holding the volumes and the local INN server, and reused across runs: each round copies
@@ -36,6 +39,7 @@ import os
 import re
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -113,10 +117,21 @@ class Bench:
         return path, json.loads(shape_file.read_text())
 
     def install(self, pristine: Path, volume: Volume) -> None:
+        """The pristine index in place of the volume's, with segment ids that no earlier
+        round used: a segment id names articles on the server (their Message-IDs derive
+        from it), so a round reusing one would find another round's article there."""
         for suffix in ("-wal", "-shm"):
             Path(f"{volume.index_file}{suffix}").unlink(missing_ok=True)
         tmp = volume.index_file.with_suffix(".copy")
         shutil.copyfile(pristine, tmp)
+        used = self.base / f"segment-ids-{volume.name}"
+        db = sqlite3.connect(tmp)
+        start = max(db.execute("SELECT next_segment FROM counters").fetchone()[0],
+                    int(used.read_text()) if used.exists() else 0)
+        used.write_text(str(start + 1_000_000))  # a round allocates far fewer
+        db.execute("UPDATE counters SET next_segment = ?", (start,))
+        db.commit()
+        db.close()
         os.replace(tmp, volume.index_file)
 
 
@@ -129,6 +144,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
             if key in ("VmRSS", "VmHWM"):
                 fields[key] = int(value.split()[0]) * 1024 / 1e6
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -195,6 +217,7 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
         out["rss_mount_mb"] = rss_mb(pid)[0]
         # the big folder: scandir + stat of every entry (cold: nothing of it looked up yet)
         big = mnt / shape["big_folder"].lstrip("/")
+        cpu = cpu_s(pid)
         started = time.perf_counter()
         entries = 0
         with os.scandir(big) as listing:
@@ -202,16 +225,19 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
                 entry.stat(follow_symlinks=False)
                 entries += 1
         out["list_10k_s"] = time.perf_counter() - started
+        out["list_cpu_us"] = (cpu_s(pid) - cpu) / entries * 1e6
         assert entries == shape["big_folder_files"], entries
         # stat of random existing files elsewhere (cold dentries: fresh mount, fresh paths)
         candidates = [p for p in shape["sample_files"] if not p.startswith(shape["big_folder"] + "/")]
         sample = candidates[(round_no - 1) * STAT_SAMPLE:round_no * STAT_SAMPLE]
         latencies = []
+        cpu = cpu_s(pid)
         for rel in sample:
             path = str(mnt) + rel
             t = time.perf_counter_ns()
             os.stat(path)
             latencies.append((time.perf_counter_ns() - t) / 1000)
+        out["stat_cpu_us"] = (cpu_s(pid) - cpu) / len(sample) * 1e6
         out["stat_p50_us"] = percentile(latencies, 0.5)
         out["stat_p99_us"] = percentile(latencies, 0.99)
         # one FUSE lookup each: stat of a random file whose folder was looked up just before
@@ -225,7 +251,11 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
         out["lookup_p50_us"] = percentile(latencies, 0.5)
         out["lookup_p99_us"] = percentile(latencies, 0.99)
         # find over the whole tree
+        cpu = cpu_s(pid)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         count, seconds, finished = find_walk(mnt, args.find_budget)
+        out["find_cpu_us"] = (cpu_s(pid) - cpu) / count * 1e6
+        out["find_kernel_us"] = (resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime - children.ru_stime) / count * 1e6
         out["find_entries"] = count
         out["find_s"] = seconds
         out["find_rate"] = count / seconds
@@ -236,12 +266,14 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
         # 1,000 new small files in a new folder
         new_dir = mnt / f"new files {round_no}"
         payload = os.urandom(4096)
+        cpu = cpu_s(pid)
         started = time.perf_counter()
         new_dir.mkdir()
         for i in range(NEW_FILES):
             with open(new_dir / f"new-{i:05d}.dat", "wb") as f:
                 f.write(payload)
         out["create_rate"] = NEW_FILES / (time.perf_counter() - started)
+        out["create_cpu_us"] = (cpu_s(pid) - cpu) / NEW_FILES * 1e6
         out["rss_end_mb"] = rss_mb(pid)[0]
         out["flush_s"] = bench.timed_cli("flush", str(mnt))
         # What `usenetfs umount` asks for first (after the flush): the index backup. Asked
@@ -273,13 +305,18 @@ METRICS = [
     ("mount_s", "usenetfs mount (wall)", "s", "lower", None, ("<", 3.0)),
     ("rss_mount_mb", "daemon VmRSS after mount", "MB", "lower", None, ("<", 500)),
     ("stat_p50_us", "stat random file p50", "µs", "lower", 1.25, None),
+    ("stat_cpu_us", "  daemon CPU per stat", "µs", "lower", 1.25, None),
     ("stat_p99_us", "stat random file p99", "µs", "lower", 1.25, None),
     ("lookup_p50_us", "stat, folder cached p50", "µs", "lower", 1.25, None),
     ("lookup_p99_us", "stat, folder cached p99", "µs", "lower", 1.25, None),
     ("list_10k_s", "scandir+stat 10K folder", "s", "lower", 1.25, None),
+    ("list_cpu_us", "  daemon CPU per entry", "µs", "lower", 1.25, None),
     ("find_rate", "find whole tree", "entries/s", "higher", 1.25, None),
+    ("find_cpu_us", "  daemon CPU per entry", "µs", "lower", 1.25, None),
+    ("find_kernel_us", "  find's kernel time per entry", "µs", "lower", 1.25, None),
     ("rss_walk_mb", "daemon VmRSS after find", "MB", "lower", None, ("<", 500)),
     ("create_rate", "create+write 1,000 files", "files/s", "higher", 1.25, None),
+    ("create_cpu_us", "  daemon CPU per file", "µs", "lower", 1.25, None),
     ("flush_s", "flush (post the 1,000)", "s", "lower", 1.25, None),
     ("umount_s", "umount: backup + usenetfs umount", "s", "lower", 1.25, None),
     ("backup_s", "  index backup (requested)", "s", "lower", None, None),
