@@ -2,6 +2,7 @@
 
   python benchmarks/bench_index.py api DIR      1M+ segments through the Index API: rates, bytes/row, latencies
   python benchmarks/bench_index.py full DIR     full-scale synthetic index (30M segments, 3.3M inodes): size, latencies
+                                                (`generate()` also builds the volumes of bench_scale.py)
   python benchmarks/bench_index.py fsck DIR     fsck (check only) of the full-scale index
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import stat
 import sys
 import time
@@ -140,110 +142,229 @@ def api(d: Path) -> None:
     ix.close()
 
 
-def full(d: Path) -> None:
-    """30M segments, 300K directories, 3M files, ~3.1M extents: realistic final-state rows
-    written with raw executemany into the schema Index.create made."""
-    path = d / "full.db"
-    fresh(path)
-    ix = Index.create(path)
-    epoch_min = 0
-    rng = random.Random(2)
-    db = ix._db
-    t0 = time.perf_counter()
-    n_dirs_top, n_sub = 550, 545  # 299,750 subdirectories + 550 top dirs
-    files_per_dir = 10
+# ---------------------------------------------------------------------- the synthetic volume
+
+FULL_SHAPE = {"dirs": 300_000, "files": 3_000_000, "segments": 30_000_000}
+BIG_FOLDER_FILES = 10_000  # one folder of this many files, at every scale
+SMALL_PER_SEGMENT = 7  # small files packed into one segment
+DEEP_CHAIN = 25  # depth of the deep folder chains (1% of the folders)
+YEAR_NS = 365 * 86400 * 10**9
+GENERATOR_VERSION = 4  # bump when the generated shape changes (invalidates cached files)
+
+
+def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: int = 2) -> dict:
+    """Write a synthetic volume of the 20 TB target shape, times `scale`, into a new index
+    at `path`, and return its shape (counts, sample paths).
+
+    At scale 1: 300,000 folders, 3,000,000 files, 30,000,000 segments (~21 TB). Folders:
+    one of BIG_FOLDER_FILES files at every scale, 1% in chains DEEP_CHAIN deep, the rest
+    two levels (collections of albums, about as many of each). Files: 90% small (1-100
+    KB), packed SMALL_PER_SEGMENT to a segment in the order they were written; 10% big,
+    of ~85 segments on average, 0.5% of them of thousands; one big file in ten was partly
+    overwritten (3 extent rows, one dead segment). Segments are verified (posted a while
+    ago, read back). Names arrive in random order (realistic b-tree fill).
+
+    Final-state rows written with executemany under bulk-load PRAGMAs into the schema
+    Index.create made, with every refcount and counter computed exactly: `Index.fsck()`
+    finds nothing (checked by bench_scale at 1/100).
+    """
+    rng = random.Random(seed)
+    n_dirs = max(200, round(FULL_SHAPE["dirs"] * scale))
+    n_files = max(BIG_FOLDER_FILES * 2, round(FULL_SHAPE["files"] * scale))
+    n_segments = round(FULL_SHAPE["segments"] * scale)
     now = time.time_ns()
-    inode_rows = []
-    dentries = []
-    ino = 2
-    dentry_id = 1
-    tops = []
-    for a in range(n_dirs_top):
-        inode_rows.append((ino, DIR, 1000, 1000, 0, now, now, now, 2 + n_sub, 0, 0, 1))
-        dentries.append((1, b"collection-%04d" % a, dentry_id, ino))
-        tops.append(ino)
-        ino += 1
-        dentry_id += 1
-    subdirs = []
-    for top in tops:
-        for b in range(n_sub):
-            inode_rows.append((ino, DIR, 1000, 1000, 0, now, now, now, 2, 0, 0, top))
-            dentries.append((top, b"album %05d - some title" % b, dentry_id, ino))
-            subdirs.append(ino)
-            ino += 1
-            dentry_id += 1
-    # files: 90% small (packed, one run=1 extent), 10% big (runs); 30M segments in all
-    n_files = len(subdirs) * files_per_dir
-    n_big = n_files // 10
+    ix = Index.create(path, scope_id=scope_id, uid=1000, gid=1000, now_ns=now - YEAR_NS)
+    epoch_s, seg_size = ix.epoch_s, ix.segment_size
+    ix.close()
+    t0 = time.perf_counter()
+
+    # -- folders
+    inode_rows: list[tuple] = []
+    dentries: list[tuple] = []  # (parent, name, cookie, inode); cookies in creation order
+    nlink = {1: 2}
+    dir_path = {1: ""}
+    next_ino = 2
+
+    def mkdir(parent: int, name: bytes) -> int:
+        nonlocal next_ino
+        ino = next_ino
+        next_ino += 1
+        t = now - rng.randrange(YEAR_NS)
+        inode_rows.append([ino, DIR, 1000, 1000, 0, t, t, t, 2, 0, 0, parent])
+        dentries.append((parent, name, len(dentries) + 1, ino))
+        nlink[parent] += 1
+        nlink[ino] = 2
+        dir_path[ino] = dir_path[parent] + "/" + name.decode()
+        return ino
+
+    big_folder = mkdir(1, b"big folder")
+    n_deep = max(1, n_dirs // 100 // DEEP_CHAIN)
+    leaf_dirs = []
+    for c in range(n_deep):
+        parent = mkdir(1, b"deep-%03d" % c)
+        leaf_dirs.append(parent)
+        for level in range(1, DEEP_CHAIN):
+            parent = mkdir(parent, b"level-%02d" % level)
+            leaf_dirs.append(parent)
+    rest = n_dirs - 1 - n_deep * DEEP_CHAIN
+    n_top = max(1, round(rest ** 0.5))
+    tops = [mkdir(1, b"collection-%04d" % a) for a in range(n_top)]
+    for k in range(rest - n_top):
+        leaf_dirs.append(mkdir(tops[k % n_top], b"album %05d - some longer title %d" % (k, rng.randrange(1000))))
+
+    # -- files: which folder, small or big, how many segments each big one has
+    homes = [big_folder] * BIG_FOLDER_FILES + [rng.choice(leaf_dirs) for _ in range(n_files - BIG_FOLDER_FILES)]
+    rng.shuffle(homes)  # written in no particular order: packing and cookies interleave
+    is_big = [rng.random() < 0.1 for _ in range(n_files)]
+    n_big = sum(is_big)
     n_small = n_files - n_big
-    small_per_seg = 7
-    small_segs = -(-n_small // small_per_seg)
-    big_segs_total = 30_000_000 - small_segs
-    per_big = big_segs_total // n_big
-    seg = 1
-    extent_rows = []
-    segment_refs = {}
-    file_inos = []
+    small_segs = -(-n_small // SMALL_PER_SEGMENT)
+    overwritten = [rng.random() < 0.1 for _ in range(n_big)]
+    big_segs = n_segments - small_segs - sum(overwritten)  # each overwrite adds one dead segment
+    weights = [rng.uniform(1500, 4500) if rng.random() < 0.005 else rng.uniform(1, 130) for _ in range(n_big)]
+    factor = big_segs / sum(weights)
+    counts = [max(3, int(w * factor)) for w in weights]
+    excess = sum(counts) - big_segs  # bring the total to exactly big_segs
+    order = sorted(range(n_big), key=lambda i: -counts[i])
     k = 0
-    for sd in subdirs:
-        for j in range(files_per_dir):
-            is_big = k % 10 == 9
-            if is_big:
-                count = per_big + (1 if k // 10 < big_segs_total - per_big * n_big else 0)
-                size = (count - 1) * SEG + rng.randrange(1, SEG)
-                if rng.random() < 0.1:  # some files were partly overwritten: 3 rows
-                    cut1, cut2 = SEG * (count // 3), SEG * (count // 3) + SEG
-                    extent_rows.append((ino, 0, cut1, seg, 0, count // 3, SEG))
-                    extent_rows.append((ino, cut1, SEG, seg + count - 1, 0, 1, SEG))  # reuses last seg id range
-                    extent_rows.append((ino, cut2, size - cut2, seg + count // 3 + 1, 0, count - count // 3 - 1, SEG))
-                else:
-                    extent_rows.append((ino, 0, size, seg, 0, count, SEG))
-                seg += count
+    while excess:
+        i = order[k % n_big]
+        step = 1 if excess > 0 else -1
+        if counts[i] - step >= 3:
+            counts[i] -= step
+            excess -= step
+        k += 1
+
+    extent_rows: list[tuple] = []
+    payload_fix: list[tuple[int, int]] = []  # (payload_size, segment): segments not of the standard size
+    small_fix: list[tuple[int, int, int]] = []  # (payload_size, refcount, segment) of packed segments
+    dead: list[int] = []
+    seg = 1
+    packing, pack_fill, pack_refs = 0, 0, 0
+    slot = seg_size // SMALL_PER_SEGMENT
+    total_bytes = 0
+    stored_payload = 0
+    samples: list[str] = []
+    big_index = 0
+    for k, parent in enumerate(homes):
+        ino = next_ino
+        next_ino += 1
+        if is_big[k]:
+            count = counts[big_index]
+            size = (count - 1) * seg_size + rng.randrange(1, seg_size)
+            last = size - (count - 1) * seg_size
+            if overwritten[big_index]:
+                c3 = count // 3
+                extent_rows.append((ino, 0, c3 * seg_size, seg, 0, c3, seg_size))
+                extent_rows.append((ino, c3 * seg_size, seg_size, seg + count, 0, 1, seg_size))
+                rest_len = size - (c3 + 1) * seg_size
+                extent_rows.append((ino, (c3 + 1) * seg_size, rest_len, seg + c3 + 1, 0, count - c3 - 1, seg_size))
+                dead.append(seg + c3)
+                allocated = count + 1
             else:
-                size = rng.randrange(1000, SEG // small_per_seg)
-                s_id = 30_000_000 - small_segs + 1 + (k - k // 10) // small_per_seg
-                extent_rows.append((ino, 0, size, s_id, ((k - k // 10) % small_per_seg) * (SEG // small_per_seg), 1, SEG))
-            inode_rows.append((ino, REG, 1000, 1000, size, now, now, now, 1, 0, 0, None))
-            dentries.append((sd, b"IMG_%08d.jpg" % k, dentry_id, ino))
-            file_inos.append((sd, b"IMG_%08d.jpg" % k, ino, is_big, size))
-            ino += 1
-            dentry_id += 1
-            k += 1
-    print(f"built rows in memory: {time.perf_counter() - t0:.0f} s; {len(inode_rows):,} inodes, "
-          f"{len(extent_rows):,} extents")
+                extent_rows.append((ino, 0, size, seg, 0, count, seg_size))
+                allocated = count
+            payload_fix.append((last, seg + count - 1))
+            stored_payload += size
+            seg += allocated
+            big_index += 1
+            name = b"video %07d.mkv" % k
+        else:
+            if pack_refs == 0:
+                packing = seg
+                seg += 1
+            size = rng.randrange(1000, slot)
+            extent_rows.append((ino, 0, size, packing, pack_refs * slot, 1, seg_size))
+            pack_fill = pack_refs * slot + size
+            pack_refs += 1
+            if pack_refs == SMALL_PER_SEGMENT or k == n_files - 1:
+                small_fix.append((pack_fill, pack_refs, packing))
+                stored_payload += pack_fill
+                pack_refs = 0
+            name = b"IMG_%08d.jpg" % k
+        if pack_refs and k == n_files - 1:
+            small_fix.append((pack_fill, pack_refs, packing))
+            stored_payload += pack_fill
+        total_bytes += size
+        t = now - rng.randrange(YEAR_NS)
+        inode_rows.append((ino, REG, 1000, 1000, size, t, t, t, 1, 0, 0, None))
+        dentries.append((parent, name, len(dentries) + 1, ino))
+        if len(samples) < 50_000 and rng.random() < 50_000 / n_files * 1.2:
+            samples.append(dir_path[parent] + "/" + name.decode())
+    assert seg - 1 == n_segments, (seg - 1, n_segments)
+    for row in inode_rows:
+        if row[1] == DIR:
+            row[8] = nlink[row[0]]
+    n_dead = len(dead)
+    log_rows = f"{len(inode_rows):,} inodes, {len(dentries):,} names, {len(extent_rows):,} extents"
+    print(f"  rows built in memory: {time.perf_counter() - t0:.0f} s ({log_rows})", flush=True)
+
+    # -- bulk load: no journal, no sync, a big page cache; WAL again at the end
     t = time.perf_counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA cache_size=-2000000")
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
     db.execute("BEGIN")
     db.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", inode_rows)
     rng.shuffle(dentries)  # names arrive in no particular order: realistic b-tree fill
     db.executemany("INSERT INTO dentries (parent, name, id, inode) VALUES (?,?,?,?)", dentries)
     db.executemany("INSERT INTO extents VALUES (?,?,?,?,?,?,?)", extent_rows)
+    # Every segment verified: posted within the year since the epoch, read back 3 minutes
+    # later, 37 bytes of AEAD and header overhead, a random CRC (signed 32-bit). The rows
+    # that differ (partial payloads, packed and dead segments) come from a side table in
+    # the same pass: updating them afterwards would grow rows in place and split pages.
+    db.execute("CREATE TEMP TABLE fix (id INTEGER PRIMARY KEY, payload INTEGER, refcount INTEGER, state INTEGER)")
+    db.executemany("INSERT INTO fix VALUES (?, ?, 1, 2)", [(s, p) for p, s in payload_fix])
+    db.executemany("INSERT OR REPLACE INTO fix VALUES (?, nullif(?, ?), ?, 2)",
+                   [(s, p, seg_size, r) for p, r, s in small_fix])
+    db.executemany("INSERT OR REPLACE INTO fix VALUES (?, NULL, 0, 4)", [(s,) for s in dead])
+    db.execute(
+        "WITH RECURSIVE ids(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM ids WHERE x < ?) "
+        "INSERT INTO segments SELECT x, 1, 0, coalesce(f.state, 2), f.payload, 37, random() >> 32, "
+        "coalesce(f.refcount, 1), 0, abs(random()) % 525000, 3 FROM ids LEFT JOIN fix f ON f.id = x",
+        (n_segments,),
+    )
+    db.execute("DROP TABLE fix")
+    counters = {
+        "inodes": len(inode_rows) + 1, "total_bytes": total_bytes,
+        "stored_bytes": stored_payload + 37 * (n_segments - n_dead),
+        "garbage_bytes": (seg_size + 37) * n_dead,
+        "seg_pending": 0, "seg_posted": 0, "seg_verified": n_segments - n_dead, "seg_missing": 0,
+        "seg_dead": n_dead, "next_inode": next_ino, "next_dentry": len(dentries) + 1,
+        "next_segment": n_segments + 1,
+    }
+    db.execute("UPDATE counters SET " + ", ".join(f"{k} = ?" for k in counters) + " WHERE id = 1",
+               list(counters.values()))
+    db.execute("UPDATE inodes SET nlink = ? WHERE id = 1", (nlink[1],))
     db.execute("COMMIT")
-    print(f"namespace + extents inserted: {time.perf_counter() - t:.0f} s")
-    del inode_rows, dentries
+    db.execute("PRAGMA locking_mode=NORMAL")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    print(f"  inserted: {time.perf_counter() - t:.0f} s", flush=True)
+    file_samples = samples[:]
+    rng.shuffle(file_samples)
+    return {
+        "scale": scale, "epoch_s": epoch_s, "dirs": n_dirs, "files": n_files, "segments": n_segments,
+        "dead_segments": n_dead, "extents": len(extent_rows), "inodes": len(inode_rows) + 1,
+        "entries": len(dentries), "total_bytes": total_bytes, "big_folder": dir_path[big_folder],
+        "big_folder_files": BIG_FOLDER_FILES, "top_dirs": sorted(dir_path[d] for d in tops),
+        "deep_dirs": [dir_path[d] for d in leaf_dirs[:n_deep * DEEP_CHAIN:DEEP_CHAIN]],
+        "sample_files": file_samples, "largest_file_segments": max(counts),
+    }
+
+
+def full(d: Path) -> None:
+    """The full-scale synthetic volume (`generate(…, 1.0)`): size per table, latencies."""
+    path = d / "full.db"
+    fresh(path)
+    rng = random.Random(3)
     t = time.perf_counter()
-    total = 30_000_000
-    batch = 500_000
-    for start in range(1, total + 1, batch):
-        rows = []
-        for s in range(start, min(start + batch, total + 1)):
-            m = rng.randrange(0, 525_600)  # posted within a year of the epoch (minutes)
-            c = rng.getrandbits(32)
-            first_small = 30_000_000 - small_segs + 1
-            refs = 1 if s < first_small else min(small_per_seg, n_small - (s - first_small) * small_per_seg)
-            # standard payload (NULL), 37 bytes of AEAD+header overhead, verified 3 minutes after the POST
-            rows.append((s, 1, 0, 2, None, 37, c - (1 << 32) if c >= 1 << 31 else c, refs, 0, m, 3))
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-        db.execute("COMMIT")
-    dt = time.perf_counter() - t
-    print(f"30M segments inserted (raw executemany): {dt:.0f} s, {total / dt:,.0f} rows/s")
-    # the partly overwritten big files and the counters are left for fsck --repair to settle
-    ix.close()
+    shape = generate(path, 1.0)
+    print(f"generated in {time.perf_counter() - t:.0f} s")
     ix = Index.open(path)
-    t = time.perf_counter()
-    problems = ix.fsck(repair=True)
-    print(f"fsck --repair to settle refcounts/counters: {time.perf_counter() - t:.0f} s, {len(problems):,} fixes")
-    ix.checkpoint("TRUNCATE")
     st = dbstat(ix)
     size = path.stat().st_size
     print(f"\nFULL SCALE: file {size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)")
@@ -255,17 +376,23 @@ def full(d: Path) -> None:
           f"inodes {st['inodes'] / counts['inodes']:.1f}, dentries {st['dentries'] / counts['dentries']:.1f} "
           f"+ readdir index {st['dentries_readdir'] / counts['dentries']:.1f}")
     print(ix.stats())
-    sample = rng.sample(file_inos, 5000)
-    bigs = [f for f in file_inos if f[3]]
+    files = []
+    for p in shape["sample_files"][:5000]:
+        parent = 1
+        *dirs, name = p.strip("/").split("/")
+        for part in dirs:
+            parent = ix.lookup(parent, part.encode())
+        files.append((parent, name.encode(), ix.lookup(parent, name.encode())))
+    bigs = [r for r in (ix.get_inode(i) for _, _, i in files) if r.size > 10 * SEG]
     print("\nlatency at full scale, µs per call (first pass cold-ish, then warm median):")
     for label, fn, args in (
-        ("lookup(parent, name)", ix.lookup, [(p, n) for p, n, *_ in sample]),
-        ("lookup_entry(parent, name)", ix.lookup_entry, [(p, n) for p, n, *_ in sample]),
-        ("get_inode(ino)", ix.get_inode, [(i,) for _, _, i, *_ in sample]),
-        ("extent_at(big file, pos)", ix.extent_at, [(f[2], rng.randrange(f[4])) for f in rng.sample(bigs, 5000)]),
-        ("extents(file)", ix.extents, [(i,) for _, _, i, *_ in sample]),
-        ("segment(id)", ix.segment, [(rng.randrange(1, 30_000_000),) for _ in range(5000)]),
-        ("readdir(dir, 0, 256) [10]", ix.readdir, [(p, 0, 256) for p, *_ in sample[:2000]]),
+        ("lookup(parent, name)", ix.lookup, [(p, n) for p, n, _ in files]),
+        ("lookup_entry(parent, name)", ix.lookup_entry, [(p, n) for p, n, _ in files]),
+        ("get_inode(ino)", ix.get_inode, [(i,) for _, _, i in files]),
+        ("extent_at(big file, pos)", ix.extent_at, [(r.id, rng.randrange(r.size)) for r in bigs]),
+        ("extents(file)", ix.extents, [(i,) for _, _, i in files]),
+        ("segment(id)", ix.segment, [(rng.randrange(1, shape["segments"]),) for _ in range(5000)]),
+        ("readdir(dir, 0, 256) [10]", ix.readdir, [(p, 0, 256) for p, *_ in files[:2000]]),
         ("pending_segments(1000) [0]", ix.pending_segments, [(1000,)] * 500),
     ):
         t = time.perf_counter()

@@ -674,3 +674,26 @@ async def test_end_to_end_on_inn(inn, index, keys, tmp_path):
         assert len(small_segments) == 1  # packed
         for name, ino in inos.items():
             assert await fresh_read(index, store, tmp_path, ino) == contents[name]
+
+
+async def test_extent_map_cache_is_bounded_in_files_and_rows(index, store, tmp_path, monkeypatch):
+    from usenetfs.data import reader as reader_module
+    from usenetfs.index import extent
+    monkeypatch.setattr(reader_module, "EXTENT_CACHE_ROWS", 40)
+    monkeypatch.setattr(reader_module, "_MIN_EXTENT_COST", 10)  # at most 4 files
+    first = index.new_segment_run(1, 100, SEG)
+    inos = []
+    for k, rows in enumerate((1, 1, 1, 1, 1, 25, 60)):  # one map per file, holes between rows
+        ino = index.make_node(ROOT_INODE, b"f%d" % k, stat.S_IFREG | 0o644, 0, 0).id
+        index.update_inode(ino, size=2 * rows * 1000)
+        with index.batch():
+            index.set_extents(ino, [extent(2 * r * 1000, 1000, first + r) for r in range(rows)])
+        inos.append(ino)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        reader = fs.data.reader
+        for ino in inos:
+            assert reader.extents(ino) == index.extents(ino)
+        cached = reader._extents
+        assert len(cached) <= 4 and cached.currsize <= 40
+        assert inos[-1] not in cached  # 60 rows: more than the whole cache, read each time
+        assert inos[-2] in cached and sum(len(rows) for rows in cached.values()) <= 40

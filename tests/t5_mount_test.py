@@ -330,3 +330,54 @@ def test_mount_refuses_a_group_the_server_does_not_carry(make_inn, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no newsgroup 'alt.not.carried.here'" in lines[0], result.stderr
     assert not os.path.ismount(m.mountpoint)
+
+
+def test_an_index_unchanged_since_its_backup_is_not_backed_up_again(make_inn, tmp_path):
+    import json
+
+    import trio
+
+    from usenetfs.home import Home
+    from usenetfs.mountd import control_request
+    from usenetfs.volume import Volume
+    server = make_inn()
+    mount = Mount(tmp_path, server.url)
+    settings_file = mount.home / "config/volumes/vol/volume.json"
+
+    def last_backup() -> int:
+        return json.loads(settings_file.read_text())["last_backup"]
+
+    try:
+        mount.mount()
+        (mount.mountpoint / "a.txt").write_text("kept\n")
+        mount.umount()
+        assert last_backup() == 1
+        # A mount that only reads: the umount has nothing to back up (the index file is
+        # as backup 1 left it), across the two mounts.
+        mount.mount()
+        assert (mount.mountpoint / "a.txt").read_text() == "kept\n"
+        assert sorted(os.listdir(mount.mountpoint)) == ["a.txt"]
+        mount.umount()
+        assert last_backup() == 1, mount.log_tail()
+        # A change since: backed up again, and then not again within the same mount.
+        mount.mount()
+        (mount.mountpoint / "b.txt").write_text("new\n")
+        mount.run("flush", str(mount.mountpoint))
+        volume = Volume(Home.resolve(mount.home), "vol")
+        first = trio.run(control_request, volume, "backup")
+        again = trio.run(control_request, volume, "backup")
+        assert first["backup"] == 2 and "unchanged" not in first
+        assert again == {"ok": True, "backup": 2, "unchanged": True}
+        mount.umount()
+        assert last_backup() == 2
+        # A mount whose index was touched behind its back (another backup's note does
+        # not match the file any more) backs up as usual.
+        mount.mount()
+        mount.umount()
+        assert last_backup() == 2
+        os.utime(mount.home / "data/volumes/vol/index.sqlite")
+        mount.mount()
+        mount.umount()
+        assert last_backup() == 3
+    finally:
+        mount.cleanup()

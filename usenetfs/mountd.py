@@ -12,9 +12,10 @@ mount never leaves a stale mountpoint.
 While mounted, a Unix socket (volume.control_socket, owner-only) answers requests of one
 JSON object per line: `status` (uploads pending, transfer rates, retries, connections,
 cache use, files with problems), `flush` and `verify` (progress lines, then the result),
-`sync` (usenetfs sync into the mounted volume: sync/control.py), `backup`, and `bootstrap`
-(after `usenetfs passwd`: the next backup posts the key under the new passphrase).
-`usenetfs umount`, `status`, `flush`, `verify`, `sync` and `passwd` use it.
+`sync` (usenetfs sync into the mounted volume: sync/control.py), `backup` (skipped,
+answering the last backup's number, when the index had no write since it: see _BackedUp),
+and `bootstrap` (after `usenetfs passwd`: the next backup posts the key under the new
+passphrase). `usenetfs umount`, `status`, `flush`, `verify`, `sync` and `passwd` use it.
 On unmount (by fusermount3 -u, umount(8) or SIGTERM) uploads in flight are abandoned:
 their staging files stay and the next mount resumes them.
 """
@@ -118,6 +119,7 @@ def mount(request: MountRequest) -> int:
 
 
 async def _serve(request: MountRequest, ready_fd: int | None) -> int:
+    from .backup import current as backup_current
     from .data import FileData
     from .fs import Operations, fuse_options
     from .index import Index
@@ -128,6 +130,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     local_server = None
     index = None
     owner = ExitStack()
+    backed_up = None
     try:
         settings = volume.load()
         owner.enter_context(volume.exclusive(f"the mount at {request.mountpoint} (pid {os.getpid()})"))
@@ -143,9 +146,11 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
         await check_server(config, group=settings.group)
+        as_backed_up = volume.index_file.exists() and backup_current.take(volume, settings.last_backup)
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())
+        backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup)
         for ino in index.orphans():  # unlinked while open when the last mount crashed
             index.delete_inode(ino)  # its staging file, if any, is dropped by recover()
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
@@ -179,15 +184,19 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     async def run_backup() -> dict:
                         from .backup import backup
                         async with backup_lock:
+                            writes = index.writes  # the snapshot holds at least these
+                            if writes == backed_up.writes:  # no change since the last backup
+                                return {"ok": True, "backup": backed_up.seq, "unchanged": True}
                             seq = await backup(volume, volume.load(), request.keys, client,
                                                request.bootstrap_keys)
+                            backed_up.writes, backed_up.seq = writes, seq
                         return {"ok": True, "backup": seq}
 
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     throughput = Throughput(client.retrier.stats)
                     nursery.start_soon(throughput.run)
                     control = _Control(request, settings, index, data, store, client, throughput, run_backup,
-                                       operations)
+                                       backed_up, operations)
                     await nursery.start(_control_server, volume.control_socket, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
@@ -222,7 +231,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         return EXIT_MOUNT_FAILED
     finally:
         if index is not None:
+            unchanged = backed_up is not None and backed_up.writes == index.writes
             index.close()
+            if unchanged:  # the next mount need not back up an index it does not change
+                backup_current.note(volume, backed_up.seq)
         if local_server is not None:
             local_server.stop()
         owner.close()
@@ -261,6 +273,18 @@ async def _backup_when_settled(volume: Volume, data, run_backup) -> None:
         changed_at = None
 
 
+@dataclass
+class _BackedUp:
+    """The index as of the newest backup: the mount's Index write count then (None:
+    unknown, the next backup runs) and the backup's number. An umount (or a timer) asking
+    for a backup of an index with no write since gets that number back, and costs nothing
+    (a backup copies and hashes the whole index: seconds at full size). backup/current.py
+    carries "no write since backup N" from one mount to the next."""
+
+    writes: int | None
+    seq: int
+
+
 def _index_signature(volume: Volume) -> tuple:
     out = []
     for suffix in ("", "-wal"):
@@ -284,6 +308,7 @@ class _Control:
     client: NNTPClient
     throughput: Throughput
     run_backup: Callable[[], Awaitable[dict]]
+    backed_up: _BackedUp
     operations: object = None  # fs.Operations: sync changes the namespace beside the kernel
     sync_lock: trio.Lock = field(default_factory=trio.Lock)  # one sync at a time
 
@@ -370,6 +395,7 @@ async def _answer(stream: trio.SocketStream, control: _Control) -> None:
         elif op == "bootstrap":
             # `usenetfs passwd` changed the passphrase: backups post the key under the new one.
             control.request.bootstrap_keys = VolumeKeys(bytes.fromhex(request["secret"]))
+            control.backed_up.writes = None  # the next backup runs, even with no change, and posts it
             log.info("passphrase changed: the next backup posts the key under the new one")
             await send({"ok": True})
         else:

@@ -10,6 +10,7 @@
                                           and staging: the mount daemon, or an offline sync
     data_dir/volumes/NAME/backup-chunks   index chunks the server has (usenetfs.backup)
     data_dir/volumes/NAME/backup-snapshot.sqlite  the index copy a running backup posts from
+    data_dir/volumes/NAME/backup-current  the index file is exactly what backup N holds (usenetfs.backup)
     cache_dir/volumes/NAME/               segment cache (may be deleted at any time)
 
 Everything here is synchronous and small; nothing talks to a server.
@@ -92,6 +93,10 @@ class Volume:
     @property
     def backup_record_file(self) -> Path:
         return self.data_dir / "backup-chunks"
+
+    @property
+    def backup_current_file(self) -> Path:
+        return self.data_dir / "backup-current"
 
     @property
     def backup_snapshot_file(self) -> Path:

@@ -38,6 +38,14 @@ log = logging.getLogger("usenetfs.data")
 _MIN_WINDOW = 256 * 1024
 
 
+EXTENT_CACHE_ROWS = 1 << 18  # extent rows cached (~26 MB), in at most 4,096 files
+_MIN_EXTENT_COST = EXTENT_CACHE_ROWS // 4096
+
+
+def _extent_cost(rows: list) -> int:
+    return max(_MIN_EXTENT_COST, len(rows))
+
+
 class Reader:
     def __init__(
         self,
@@ -58,7 +66,9 @@ class Reader:
         self.retry_delay = retry_delay
         self.fetch_concurrency = fetch_concurrency
         self.nursery: trio.Nursery | None = None  # FileData.run() sets it: read-ahead needs it
-        self._extents: LRUCache = LRUCache(maxsize=4096)  # ino -> list[ExtentRow]
+        # ino -> list[ExtentRow], bounded in files and in rows (~100 bytes each): a
+        # fragmented file may have thousands of rows
+        self._extents: LRUCache = LRUCache(maxsize=EXTENT_CACHE_ROWS, getsizeof=_extent_cost)
         self._seq: LRUCache = LRUCache(maxsize=4096)  # ino -> (expected next offset, window)
         self._ra_bytes = 0  # payload bytes of prefetches in flight
         self.bad: dict[int, dict[int, str]] = {}  # ino -> {segment: reason}
@@ -68,7 +78,9 @@ class Reader:
     def extents(self, ino: int) -> list[ExtentRow]:
         rows = self._extents.get(ino)
         if rows is None:
-            rows = self._extents[ino] = self.index.extents(ino)
+            rows = self.index.extents(ino)
+            if _extent_cost(rows) <= EXTENT_CACHE_ROWS:  # a bigger map is read again each time
+                self._extents[ino] = rows
         return rows
 
     def invalidate(self, ino: int) -> None:

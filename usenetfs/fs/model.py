@@ -1,12 +1,14 @@
 """The inode/handle model between the FUSE operations and the index + FileData.
 
 Owns what the kernel holds and what the volume stores, meeting in one place:
-  * `Node`: the state of one inode the kernel knows (lookup count) or has open
-    (open handles, writable handles), with its cached `InodeRow` and its packing group
-    (the directory it was last seen in: `FileData.release` packs by directory);
+  * `KernelRefs` (refs.py): the lookup count and packing group (the directory a file was
+    last seen in: `FileData.release` packs by directory) of every inode the kernel holds,
+    ~80 bytes each, since the kernel may hold millions;
+  * `Node`: the state of one inode in use (open handles, writable handles, changes not
+    yet written), with its cached `InodeRow` and packing group: only while in use;
   * `Handle`: one open file (fh -> inode, flags);
   * the lifecycle of unlinked inodes: an inode whose last name is gone lives on while the
-    kernel remembers it or a handle is open, and is deleted (index.delete_inode +
+    kernel holds it or a handle is open, and is deleted (index.delete_inode +
     FileData.forget) when the last of those goes;
   * size and time bookkeeping for writes and truncation, persisted to the index at once;
   * the permission rules the kernel does not apply itself (chown/chmod ownership),
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UsenetfsError
 from ..index import ROOT_INODE, IndexStats, InodeRow, NotFound
+from .refs import KernelRefs
 
 if TYPE_CHECKING:
     from ..index import Index
@@ -82,12 +85,14 @@ _TIMES = frozenset({"atime_ns", "mtime_ns", "ctime_ns"})
 
 
 class Node:
-    __slots__ = ("row", "lookups", "opens", "writers", "group", "pending")
+    """An inode in use: open, or held by an operation across an await. Dropped once idle
+    (the kernel's references are counted in KernelRefs, not here)."""
+
+    __slots__ = ("row", "opens", "writers", "group", "pending")
 
     def __init__(self, row: InodeRow, group: int) -> None:
         self.row = row
-        self.lookups = 0  # the kernel's references (lookup, create, readdirplus...; forget)
-        self.opens = 0  # open handles
+        self.opens = 0  # open handles (and operations holding the inode across an await)
         self.writers = 0  # open handles that may write (FileData.open_for_write done)
         self.group = group  # packing group: the directory the file was last seen in
         # Size and times changed by writes (and the kernel's time updates) while the file
@@ -142,10 +147,16 @@ class FsModel:
         self.writeback = writeback
         self._clock = clock
         self._sup_groups = sup_groups
-        self.nodes: dict[int, Node] = {}
+        self.nodes: dict[int, Node] = {}  # inodes in use
+        self.refs = KernelRefs()  # inodes the kernel holds
+        # Inodes that lost a name in this mount (unlink, rmdir, rename over them): the only
+        # ones that can have none left while held, so the only ones a forget looks up in
+        # the index (the kernel may forget millions of others under memory pressure).
+        self._unnamed: set[int] = set()
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
-        # The root is known to the kernel without a lookup and never forgotten while mounted.
+        # The root is known to the kernel without a lookup and never forgotten while mounted
+        # (its node stays; its references are not counted).
         self.nodes[ROOT_INODE] = Node(index.get_inode(ROOT_INODE), ROOT_INODE)
 
     # ------------------------------------------------------------------ attribute cache
@@ -170,18 +181,34 @@ class FsModel:
             gid=row.gid if self.gid is None else self.gid,
         )
 
-    def _remember(self, row: InodeRow, group: int | None) -> Node:
-        """The kernel got a reference to `row` (lookup count + 1)."""
-        node = self._node(row)
-        node.lookups += 1
-        if group is not None and not row.is_dir:
+    def _remember(self, row: InodeRow, group: int | None) -> InodeRow:
+        """The kernel got a reference to `row` (lookup count + 1). Returns the current row."""
+        ino = row.id
+        node = self.nodes.get(ino)
+        if node is None:
+            row = self._reconciled(row)
+        else:
+            node.set_row(row)
+            row = node.row
+        if group is None or row.is_dir:
+            group = self.refs.group(ino) or ROOT_INODE
+        elif node is not None:
             node.group = group
-        return node
+        if ino != ROOT_INODE:
+            self.refs.add(ino, group)
+        return row
+
+    def lookups(self, ino: int) -> int:
+        """The kernel's references to `ino` (0: it holds none)."""
+        return self.refs.count(ino)
 
     def _node(self, row: InodeRow) -> Node:
+        """The node of an inode coming into use (made if it is not in use yet). The kernel
+        holds it, so `_remember` has reconciled its size already."""
         node = self.nodes.get(row.id)
         if node is None:
-            node = self.nodes[row.id] = Node(self._reconciled(row), ROOT_INODE)
+            group = self.refs.group(row.id) or ROOT_INODE
+            node = self.nodes[row.id] = Node(row, group)
         else:
             node.set_row(row)
         return node
@@ -189,8 +216,8 @@ class FsModel:
     def _reconciled(self, row: InodeRow) -> InodeRow:
         """A dirty file's size is its staging file's length. They agree while we run (every
         write and truncate updates both), but after a crash the index size may lag what
-        FileData.recover() adopted: repair it when the inode comes into use (no handle is
-        open then, so no write is in flight)."""
+        FileData.recover() adopted: repair it when the kernel learns of the inode (no
+        handle is open then, so no write is in flight)."""
         if row.is_reg and self.data is not None:
             staged = self.data.dirty_size(row.id)
             if staged is not None and staged != row.size:
@@ -265,31 +292,35 @@ class FsModel:
                 if not self.row(parent).is_dir:
                     raise FsError(errno.ENOTDIR)
                 return None
-        return self._remember(row, parent).row
+        return self._remember(row, parent)
 
     def forget(self, ino: int, count: int) -> None:
         if ino == ROOT_INODE:
             return  # the kernel's root reference is implicit and outlives the session
-        node = self.nodes.get(ino)
-        if node is None:
+        held = self.refs.count(ino)
+        if not held:
             log.warning("forget(%d, %d) of an inode the kernel should not know", ino, count)
             return
-        if count > node.lookups:
-            log.warning("forget(%d, %d) below zero (lookup count %d)", ino, count, node.lookups)
-            count = node.lookups
-        node.lookups -= count
+        if count > held:
+            log.warning("forget(%d, %d) below zero (lookup count %d)", ino, count, held)
+        self.refs.drop(ino, count)
         self._maybe_drop(ino)
 
     def _maybe_drop(self, ino: int) -> None:
-        """Drop the node once neither the kernel nor a handle holds it; delete the inode
-        if it has no name left either."""
+        """Drop the node once no handle holds it and nothing is left to write; delete the
+        inode once the kernel does not hold it either and it has no name left."""
         if ino == ROOT_INODE:
             return
         node = self.nodes.get(ino)
         if node is not None:
-            if node.lookups or node.opens:
+            if node.opens or node.pending:
                 return
             del self.nodes[ino]
+            if ino in self.refs:  # remember where it was last seen
+                self.refs.regroup(ino, node.group)
+        if ino in self.refs or ino not in self._unnamed:
+            return
+        self._unnamed.discard(ino)
         try:
             row = self.index.get_inode(ino)
         except NotFound:
@@ -305,10 +336,14 @@ class FsModel:
         have sent all its forgets), which deletes the inodes unlinked while open."""
         for fh in list(self.handles):
             await self.release(fh)
-        for ino, node in list(self.nodes.items()):
-            if ino != ROOT_INODE:
-                node.lookups = 0
-                self._maybe_drop(ino)
+        self.refs.clear()
+        for ino in list(self.nodes):
+            self._maybe_drop(ino)
+        # Nothing holds any inode now: those with no name left go. One probe of the
+        # orphans index, not a look at each of the (maybe millions of) inodes the kernel held.
+        for ino in self.index.orphans():
+            self._unnamed.add(ino)
+            self._maybe_drop(ino)
 
     # ------------------------------------------------------------------ namespace
 
@@ -362,7 +397,7 @@ class FsModel:
             raise FsError(errno.EPERM)
         row = self.index.link(new_parent, new_name, ino)
         self._refresh(new_parent)
-        return self._remember(row, new_parent).row
+        return self._remember(row, new_parent)
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
@@ -373,6 +408,7 @@ class FsModel:
             raise FsError(errno.EISDIR)
         self.index.unlink(parent, name)
         self._refresh(parent, row.id)
+        self._unnamed.add(row.id)
         self._maybe_drop(row.id)
 
     def rmdir(self, parent: int, name: bytes) -> None:
@@ -384,6 +420,7 @@ class FsModel:
             raise FsError(errno.ENOTDIR)
         self.index.unlink(parent, name)  # NotEmpty (ENOTEMPTY) if it has entries
         self._refresh(parent, row.id)
+        self._unnamed.add(row.id)
         self._maybe_drop(row.id)
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes, *, replace: bool = True) -> None:
@@ -397,9 +434,12 @@ class FsModel:
         replaced = self.index.rename(parent, name, new_parent, new_name, replace=replace)
         self._refresh(parent, new_parent, src.id, replaced)
         node = self.nodes.get(src.id)
-        if node is not None and not src.is_dir:
-            node.group = new_parent
+        if not src.is_dir:
+            self.refs.regroup(src.id, new_parent)
+            if node is not None:
+                node.group = new_parent
         if replaced is not None:
+            self._unnamed.add(replaced)
             self._maybe_drop(replaced)
 
     def readdir(self, ino: int, after: int, limit: int) -> list[tuple[int, bytes, InodeRow]]:

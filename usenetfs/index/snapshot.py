@@ -28,6 +28,11 @@ def copy_consistent(source: Path, target: Path) -> int:
     try:
         writer = sqlite3.connect(target)
         try:
+            # The copy is read once and deleted (a crash leaves a file that is removed
+            # above): no journal, and no fsync of every page at the end, which cost more
+            # than the copy itself (10 s against 1.4-2.4 s for 1.5 GB, measured here).
+            writer.execute("PRAGMA journal_mode=OFF")
+            writer.execute("PRAGMA synchronous=OFF")
             reader.backup(writer)  # pages=-1: one step, one read transaction
         finally:
             writer.close()

@@ -358,6 +358,13 @@ class Index:
     def volume_id(self) -> bytes:
         return self._scopes[VOLUME_SCOPE]
 
+    @property
+    def writes(self) -> int:
+        """Write statements this Index has run (rolled-back ones too): equal values at two
+        moments mean the index did not change in between (the mount skips a backup of an
+        index unchanged since the last one). Starts at 0 when opened."""
+        return self._writes
+
     # ------------------------------------------------------------------ transactions
 
     def batch(self) -> _Transaction:
