@@ -720,7 +720,7 @@ class FsModel:
     def knows(self, ino: int) -> bool:
         """True if the kernel holds (or has open) inode `ino`: its cached entries and
         attributes must be invalidated when the index changes it."""
-        return ino in self.nodes
+        return ino in self.nodes or ino in self.refs
 
     def reload(self, inos) -> None:
         """The index changed these inodes: reload the cached rows (for the ones held)."""
