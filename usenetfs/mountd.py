@@ -197,7 +197,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     nursery.start_soon(throughput.run)
                     control = _Control(request, settings, index, data, store, client, throughput, run_backup,
                                        backed_up, operations)
-                    await nursery.start(_control_server, volume.control_socket, control)
+                    await nursery.start(serve_control, volume.control_socket, _control_session, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
                     _signal_ready(ready_fd, "ok")
@@ -313,8 +313,9 @@ class _Control:
     sync_lock: trio.Lock = field(default_factory=trio.Lock)  # one sync at a time
 
 
-async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer requests on a Unix socket (owner-only), one session per connection."""
+async def serve_control(path, session, *args, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests on a Unix socket (owner-only): `session(stream, *args)` per
+    connection. The volume's mount and a share's mount each bring their own session."""
     _remove(path)
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener.bind(str(path))
@@ -324,7 +325,23 @@ async def _control_server(path, control: _Control, *, task_status=trio.TASK_STAT
     async with trio.open_nursery() as nursery:
         while True:
             sock, _ = await listener.accept()
-            nursery.start_soon(_control_session, trio.SocketStream(sock), control)
+            nursery.start_soon(session, trio.SocketStream(sock), *args)
+
+
+async def read_request(stream: trio.SocketStream) -> dict | None:
+    """The request on a control connection: one JSON object on one line ({} if it is not
+    one); None if the client left before sending a whole line."""
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return None
+        buffer += chunk
+    try:
+        request = json.loads(buffer.split(b"\n", 1)[0])
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 async def _control_session(stream: trio.SocketStream, control: _Control) -> None:
@@ -338,17 +355,10 @@ async def _control_session(stream: trio.SocketStream, control: _Control) -> None
 
 
 async def _answer(stream: trio.SocketStream, control: _Control) -> None:
-    buffer = b""
-    while b"\n" not in buffer:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            return
-        buffer += chunk
-    try:
-        request = json.loads(buffer.split(b"\n", 1)[0])
-        op = request.get("op")
-    except (ValueError, AttributeError):
-        request, op = {}, None
+    request = await read_request(stream)
+    if request is None:
+        return
+    op = request.get("op")
 
     async def send(obj) -> None:
         await stream.send_all(json.dumps(obj).encode() + b"\n")

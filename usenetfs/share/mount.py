@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass
 
 import pyfuse3
@@ -24,7 +23,7 @@ import trio
 from ..errors import UserError, user_error_behind
 from ..index.mirror import Mirror
 from ..mountd import (EXIT_MOUNT_FAILED, MountRequest, _remove, _sd_notify, _signal_ready, _terminate_on_signal,
-                      raise_readahead)
+                      raise_readahead, read_request, serve_control)
 from ..nntp.client import NNTPClient, PoolOptions
 from ..nntp.config import ServerConfig
 from ..store.keyed import KeyedSegmentStore
@@ -113,7 +112,7 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
                 control = _Control(share, mirror, data, operations, client)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)
-                    await nursery.start(_control_server, sub.control_socket, control)
+                    await nursery.start(serve_control, sub.control_socket, _session, control)
                     nursery.start_soon(_terminate_on_signal)
                     nursery.start_soon(raise_readahead, request.mountpoint)
                     if share.poll:
@@ -214,32 +213,13 @@ async def _poll(control: _Control, interval: float) -> None:
                 log.warning("periodic refresh: %s", error)
 
 
-async def _control_server(path, control: _Control, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    _remove(path)
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(str(path))
-    os.chmod(path, 0o600)
-    listener.listen(8)
-    task_status.started()
-    async with trio.open_nursery() as nursery:
-        while True:
-            sock, _ = await listener.accept()
-            nursery.start_soon(_session, trio.SocketStream(sock), control)
-
-
 async def _session(stream: trio.SocketStream, control: _Control) -> None:
     try:
         async with stream:
-            buffer = b""
-            while b"\n" not in buffer:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                buffer += chunk
-            try:
-                op = json.loads(buffer.split(b"\n", 1)[0]).get("op")
-            except (ValueError, AttributeError):
-                op = None
+            request = await read_request(stream)
+            if request is None:
+                return
+            op = request.get("op")
             try:
                 if op == "status":
                     answer = control.status()
