@@ -17,14 +17,15 @@ Each Nyuu run is checked, so a misconfigured one cannot report a speed: exit sta
 lists the expected number of distinct segments, INN filed that many new articles, and (checked
 run) Nyuu's debug log confirms a post-check of each.
 
-Figures are MB/s (10^6 bytes) of file data. "CPU s/GB" are core-seconds per GB posted, sampled from /proc
-every 0.2 s: "tool" the poster's own processes (this process for raw POST; node for Nyuu; for
-usenetfs the mount daemon, the cp in this process and `usenetfs umount`), "INN" innd and its
-nnrpd. "busy" is the share of all cores busy during the step (/proc/stat: anyone's work). The
-machine is shared, so each step also prints the other users' load ("others": share of all cores
-busy in the idle second before it), the MB of written data the kernel had not yet put on disk
-("dirty": near vm.dirty_ratio it throttles every writer) and the load average; compare figures of
-one run, and only steps whose "others" stayed low.
+Figures are MB/s (10^6 bytes) of file data. "CPU s/GB" are core-seconds per GB posted,
+sampled from /proc every 0.2 s: "tool" the poster's own processes (this process for raw POST;
+node for Nyuu; for usenetfs the mount daemon, the cp in this process and `usenetfs umount`),
+"INN" innd and its nnrpd. "innd" is innd's CPU as a share of one core (it files every article,
+in one process). "busy" is the share of all cores busy during the step (/proc/stat: anyone's
+work). The machine is shared, so each step also prints the other users' load ("others": share
+of all cores busy in the idle second before it), the MB of written data the kernel had not yet
+put on disk ("dirty": near vm.dirty_ratio it throttles every writer) and the load average;
+compare figures of one run, and only steps whose "others" stayed low.
 
 Needs Nyuu: `bash benchmarks/setup_nyuu.sh` (installs it into benchmarks/.nyuu).
 
@@ -129,11 +130,12 @@ def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connec
 class Measurement:
     """One timed step, with the CPU it cost and what else the machine was doing."""
 
-    def __init__(self, fn, tool_pids, inn_pids, daemon_pids=set):
+    def __init__(self, fn, tool_pids, inn_pids, innd_pids, daemon_pids=set):
         self.others = background_load()  # the other users' load, in the second before
         self.dirty = dirty_mb()
         meter = CpuMeter().start()
-        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "daemon": daemon_pids}).start()
+        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "innd": innd_pids,
+                              "daemon": daemon_pids}).start()
         self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
         result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
@@ -180,7 +182,7 @@ def main() -> None:
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
     print(f"\n{'':34}{'':13}{'CPU s/GB':^12}")
-    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'busy':>6}{'others':>7}{'dirty':>7}  load average")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'innd':>6}{'busy':>6}{'others':>7}{'dirty':>7}  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
@@ -198,6 +200,8 @@ def main() -> None:
                 }
                 me = os.getpid()
                 server_pids = lambda: server.pids  # noqa: E731
+                # innd files every article itself, in one process: is it the bottleneck?
+                innd_pid = lambda: {server.innd_pid}  # noqa: E731
                 tool_pids = {  # raw POST and cp run in this process; `usenetfs umount` and Nyuu in a child
                     names[0]: lambda: {me},
                     names[1]: lambda: children(me),
@@ -209,7 +213,7 @@ def main() -> None:
                     nbytes, fn = steps[name]
                     if name == names[3]:
                         volume.mount()  # not timed
-                    m = Measurement(fn, tool_pids[name], server_pids,
+                    m = Measurement(fn, tool_pids[name], server_pids, innd_pid,
                                     volume.daemon_pids if name == names[3] else set)
                     rates[name].append(nbytes / m.seconds / 1e6)
                     split = ""
@@ -217,8 +221,9 @@ def main() -> None:
                         split = ("  (cp {:.1f} s + umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f}, "
                                  "daemon {:.1f})".format(*m.parts, *m.usenetfs_split_per_gb(nbytes)))
                     tool, inn = m.per_gb(nbytes)
-                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}{m.busy:6.0%}"
-                          f"{m.others:7.0%}{m.dirty:7.0f}  {load_average()}{split}", flush=True)
+                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}"
+                          f"{m.cpu['innd'] / m.seconds:6.0%}{m.busy:6.0%}{m.others:7.0%}{m.dirty:7.0f}"
+                          f"  {load_average()}{split}", flush=True)
                 del articles, steps
                 print()
     finally:
