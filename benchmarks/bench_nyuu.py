@@ -3,7 +3,8 @@
 Posts the same random file (from /dev/shm) to the same private INN on loopback with the same
 number of posting connections and the same article size (716,800-byte payloads, Nyuu's 700K):
 
-  raw POST            bench_nntp.raw_run: pre-built yEnc articles, blocking sockets (the ceiling)
+  raw POST            bench_nntp.raw_run: pre-built yEnc articles, one blocking thread per
+                      connection (INN's ceiling for a Python client; Nyuu can beat it)
   Nyuu                `nyuu -n N -a 700K --post-chunk-size 0` (see NYUU_ATTEMPTS), NZB to a
                       temp file
   Nyuu + post-check   the same with `--check-connections K`: Nyuu STATs every article after
@@ -58,12 +59,12 @@ NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
 # Nyuu 0.4.0 sends each article in 192 KiB chunks by default, and then often dies on this
 # machine with "Error: Timer already set" (NNTP._setTimer): when INN's 240 arrives before the
 # socket's 'drain' event, Nyuu runs its drain handler by hand but leaves it registered, and the
-# stale handler arms a timer in the middle of the next article's chunks. Every 1 GiB run with
-# 4 connections crashed so under load; with `--post-chunk-size 0` (one write per article;
-# chunks serve its rate limiting and per-chunk send timeouts) none did. That is the default here; --nyuu-chunked
-# restores Nyuu's default. A run that crashes anyway measures nothing and is run again.
+# stale handler arms a timer in the middle of the next article's chunks. 10 of 12 attempts to
+# post 1 GiB with 4 connections crashed so; with `--post-chunk-size 0` (one write per article;
+# the chunks serve its rate limiting and per-chunk send timeouts) none of 32 did. That is the
+# default here; --nyuu-chunked restores Nyuu's. A run that crashes anyway measures nothing and
+# is run again.
 NYUU_ATTEMPTS = 3
-nyuu_crashes = 0
 NZB_NS = "{http://www.newzbin.com/DTD/2003/nzb}"
 
 
@@ -85,46 +86,53 @@ def nzb_segments(path: Path) -> list[str]:
     return [seg.text for seg in ET.parse(path).getroot().iter(f"{NZB_NS}segment")]
 
 
-def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connections: int,
-             check_connections: int, chunked: bool) -> float:
-    """Post `source` with Nyuu; seconds from start to exit, after checking that it posted."""
-    nzb = tmp / f"nyuu-{time.monotonic_ns()}.nzb"
-    check = (["--check-connections", str(check_connections),
-              # The defaults wait 5 s before the first STAT and 30 s between tries, for a
-              # provider's propagation; a loopback INN files an article before answering 240.
-              "--check-delay", "0s", "--check-retry-delay", "1s", "--check-tries", "2"]
-             if check_connections else [])
-    command = [*nyuu, "--host", server.host, "--port", str(server.port),
-               "--connections", str(connections), "--article-size", "700K", "--groups", GROUP,
-               "--out", str(nzb), "--overwrite", "--progress", "none",
-               # Debug logging names each article the post-check found (a line per article).
-               "--log-level", "4" if check_connections else "2", *check,
-               *([] if chunked else ["--post-chunk-size", "0"]), str(source)]
-    for attempt in range(1, NYUU_ATTEMPTS + 1):
-        before = server.article_count()
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-        elapsed = time.perf_counter() - started
-        if result.returncode == 0:
-            break
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        error = next((line for line in lines if line.startswith("Error")), lines[-1] if lines else "")
-        if attempt == NYUU_ATTEMPTS:
-            sys.exit(f"Nyuu failed {attempt} times; the last exit {result.returncode}: {error}")
-        global nyuu_crashes
-        nyuu_crashes += 1
-        print(f"  (Nyuu failed, exit {result.returncode}: {error}; running it again)", flush=True)
-    expected = -(-source.stat().st_size // PAYLOAD)
-    segments = nzb_segments(nzb)
-    posted = server.article_count() - before
-    if len(segments) != expected or len(set(segments)) != expected or posted != expected:
-        sys.exit(f"Nyuu did not post what it should have: {expected} articles expected, "
-                 f"its NZB lists {len(segments)} ({len(set(segments))} distinct), INN filed {posted}")
-    checked = result.stderr.count("Post check successful")
-    if check_connections and checked != expected:
-        sys.exit(f"Nyuu's post-check confirmed {checked} of {expected} articles")
-    nzb.unlink()
-    return elapsed
+class Nyuu:
+    """Runs Nyuu against one INN and checks that each run really posted."""
+
+    def __init__(self, command: list[str], server: InnServer, tmp: Path, connections: int, chunked: bool):
+        self.command, self.server, self.tmp = command, server, tmp
+        self.connections, self.chunked = connections, chunked
+        self.crashes = 0
+
+    def post(self, source: Path, check_connections: int = 0) -> float:
+        """Post `source`; seconds from start to exit, once the result is checked."""
+        nzb = self.tmp / f"nyuu-{time.monotonic_ns()}.nzb"
+        check = (["--check-connections", str(check_connections),
+                  # The defaults wait 5 s before the first STAT and 30 s between tries, for a
+                  # provider's propagation; a loopback INN files an article before answering 240.
+                  "--check-delay", "0s", "--check-retry-delay", "1s", "--check-tries", "2"]
+                 if check_connections else [])
+        server = self.server
+        command = [*self.command, "--host", server.host, "--port", str(server.port),
+                   "--connections", str(self.connections), "--article-size", "700K", "--groups", GROUP,
+                   "--out", str(nzb), "--overwrite", "--progress", "none",
+                   # Debug logging names each article the post-check found (a line per article).
+                   "--log-level", "4" if check_connections else "2", *check,
+                   *([] if self.chunked else ["--post-chunk-size", "0"]), str(source)]
+        for attempt in range(1, NYUU_ATTEMPTS + 1):
+            before = server.article_count()
+            started = time.perf_counter()
+            result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+            elapsed = time.perf_counter() - started
+            if result.returncode == 0:
+                break
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            error = next((line for line in lines if line.startswith("Error")), lines[-1] if lines else "")
+            if attempt == NYUU_ATTEMPTS:
+                sys.exit(f"Nyuu failed {attempt} times; the last exit {result.returncode}: {error}")
+            self.crashes += 1
+            print(f"  (Nyuu failed, exit {result.returncode}: {error}; running it again)", flush=True)
+        expected = -(-source.stat().st_size // PAYLOAD)
+        segments = nzb_segments(nzb)
+        posted = server.article_count() - before
+        if len(segments) != expected or len(set(segments)) != expected or posted != expected:
+            sys.exit(f"Nyuu did not post what it should have: {expected} articles expected, its NZB "
+                     f"lists {len(segments)} ({len(set(segments))} distinct), INN filed {posted}")
+        checked = result.stderr.count("Post check successful")
+        if check_connections and checked != expected:
+            sys.exit(f"Nyuu's post-check confirmed {checked} of {expected} articles")
+        nzb.unlink()
+        return elapsed
 
 
 class Measurement:
@@ -169,33 +177,33 @@ def main() -> None:
     args = parser.parse_args()
     if args.size_mb < 1 or args.connections < 1 or args.rounds < 1 or args.check_connections < 1:
         parser.error("--size-mb, --connections, --rounds and --check-connections must be at least 1")
-    nyuu = nyuu_command(args)
+    nyuu_cmd = nyuu_command(args)
     size = args.size_mb << 20
     count = -(-size // PAYLOAD)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-nyuu-"))
     os.chmod(tmp, 0o755)  # INN runs as news
-    names = ("raw POST (ceiling)", "Nyuu, no check", f"Nyuu + post-check (+{args.check_connections} conn)",
-             "usenetfs cp + umount, verified")
+    names = ("raw POST (bench_nntp client)", "Nyuu, no check",
+             f"Nyuu + post-check (+{args.check_connections} conn)", "usenetfs cp + umount, verified")
     rates: dict[str, list[float]] = {name: [] for name in names}
-    volume = None
+    volume = nyuu = None
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
     print(f"\n{'':34}{'':13}{'CPU s/GB':^12}")
-    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'innd':>6}{'busy':>6}{'others':>7}{'dirty':>7}  load average")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'innd':>6}{'busy':>6}{'others':>7}{'dirty':>7}"
+          "  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
+            nyuu = Nyuu(nyuu_cmd, server, tmp, args.connections, args.nyuu_chunked)
             for round_no in range(args.rounds):
                 articles = make_articles(count)
                 payload = count * PAYLOAD
                 steps = {
                     names[0]: (payload, lambda mark: raw_run(server.host, server.port, args.connections,
-                                                        lambda c, a: c.post(a[1]), articles)),
-                    names[1]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections, 0,
-                                                      args.nyuu_chunked)),
-                    names[2]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections,
-                                                      args.check_connections, args.nyuu_chunked)),
+                                                             lambda c, a: c.post(a[1]), articles)),
+                    names[1]: (size, lambda mark: nyuu.post(source)),
+                    names[2]: (size, lambda mark: nyuu.post(source, args.check_connections)),
                     names[3]: (size, lambda mark: volume.copy_and_umount(source, f"big{round_no}", mark)),
                 }
                 me = os.getpid()
@@ -235,8 +243,8 @@ def main() -> None:
     print(f"MB/s, {'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'one round'}:")
     for name in names:
         print(f"  {name:42}{median[name]:8.1f}   x{median[name] / median[names[0]]:.2f} of raw POST")
-    if nyuu_crashes:
-        print(f"  Nyuu crashed {nyuu_crashes} time(s) and was run again")
+    if nyuu is not None and nyuu.crashes:
+        print(f"  Nyuu crashed {nyuu.crashes} time(s) and was run again")
     ours = median[names[3]]
     print(f"  usenetfs / Nyuu (no check)      {ours / median[names[1]]:.2f}")
     print(f"  usenetfs / Nyuu (post-check)    {ours / median[names[2]]:.2f}")
