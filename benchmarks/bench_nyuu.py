@@ -61,7 +61,7 @@ NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
 # socket's 'drain' event, Nyuu runs its drain handler by hand but leaves it registered, and the
 # stale handler arms a timer in the middle of the next article's chunks. 10 of 12 attempts to
 # post 1 GiB with 4 connections crashed so; with `--post-chunk-size 0` (one write per article;
-# the chunks serve its rate limiting and per-chunk send timeouts) none of 32 did. That is the
+# the chunks serve its rate limiting and per-chunk send timeouts) none of 44 did. That is the
 # default here; --nyuu-chunked restores Nyuu's. A run that crashes anyway measures nothing and
 # is run again.
 NYUU_ATTEMPTS = 3
