@@ -232,7 +232,7 @@ def main() -> None:
                     print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}"
                           f"{m.cpu['innd'] / m.seconds:6.0%}{m.busy:6.0%}{m.others:7.0%}{m.dirty:7.0f}"
                           f"  {load_average()}{split}", flush=True)
-                del articles, steps
+                articles = steps = None  # free the pre-built articles before the next round's
                 print()
     finally:
         if volume is not None:
