@@ -3,7 +3,8 @@
 Posts the same random file (from /dev/shm) to the same private INN on loopback with the same
 number of posting connections and the same article size (716,800-byte payloads, Nyuu's 700K):
 
-  raw POST            bench_nntp.raw_run: pre-built yEnc articles, blocking sockets (the ceiling)
+  raw POST            bench_nntp.raw_run: pre-built yEnc articles, one blocking thread per
+                      connection (INN's ceiling for a Python client; Nyuu can beat it)
   Nyuu                `nyuu -n N -a 700K --post-chunk-size 0` (see NYUU_ATTEMPTS), NZB to a
                       temp file
   Nyuu + post-check   the same with `--check-connections K`: Nyuu STATs every article after
@@ -17,14 +18,15 @@ Each Nyuu run is checked, so a misconfigured one cannot report a speed: exit sta
 lists the expected number of distinct segments, INN filed that many new articles, and (checked
 run) Nyuu's debug log confirms a post-check of each.
 
-Figures are MB/s (10^6 bytes) of file data. "CPU s/GB" are core-seconds per GB posted, sampled from /proc
-every 0.2 s: "tool" the poster's own processes (this process for raw POST; node for Nyuu; for
-usenetfs the mount daemon, the cp in this process and `usenetfs umount`), "INN" innd and its
-nnrpd. "busy" is the share of all cores busy during the step (/proc/stat: anyone's work). The
-machine is shared, so each step also prints the other users' load ("others": share of all cores
-busy in the idle second before it), the MB of written data the kernel had not yet put on disk
-("dirty": near vm.dirty_ratio it throttles every writer) and the load average; compare figures of
-one run, and only steps whose "others" stayed low.
+Figures are MB/s (10^6 bytes) of file data. "CPU s/GB" are core-seconds per GB posted,
+sampled from /proc every 0.2 s: "tool" the poster's own processes (this process for raw POST;
+node for Nyuu; for usenetfs the mount daemon, the cp in this process and `usenetfs umount`),
+"INN" innd and its nnrpd. "innd" is innd's CPU as a share of one core (it files every article,
+in one process). "busy" is the share of all cores busy during the step (/proc/stat: anyone's
+work). The machine is shared, so each step also prints the other users' load ("others": share
+of all cores busy in the idle second before it), the MB of written data the kernel had not yet
+put on disk ("dirty": near vm.dirty_ratio it throttles every writer) and the load average;
+compare figures of one run, and only steps whose "others" stayed low.
 
 Needs Nyuu: `bash benchmarks/setup_nyuu.sh` (installs it into benchmarks/.nyuu).
 
@@ -57,12 +59,12 @@ NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
 # Nyuu 0.4.0 sends each article in 192 KiB chunks by default, and then often dies on this
 # machine with "Error: Timer already set" (NNTP._setTimer): when INN's 240 arrives before the
 # socket's 'drain' event, Nyuu runs its drain handler by hand but leaves it registered, and the
-# stale handler arms a timer in the middle of the next article's chunks. Every 1 GiB run with
-# 4 connections crashed so under load; with `--post-chunk-size 0` (one write per article;
-# chunks serve its rate limiting and per-chunk send timeouts) none did. That is the default here; --nyuu-chunked
-# restores Nyuu's default. A run that crashes anyway measures nothing and is run again.
+# stale handler arms a timer in the middle of the next article's chunks. 10 of 12 attempts to
+# post 1 GiB with 4 connections crashed so; with `--post-chunk-size 0` (one write per article;
+# the chunks serve its rate limiting and per-chunk send timeouts) none of 44 did. That is the
+# default here; --nyuu-chunked restores Nyuu's. A run that crashes anyway measures nothing and
+# is run again.
 NYUU_ATTEMPTS = 3
-nyuu_crashes = 0
 NZB_NS = "{http://www.newzbin.com/DTD/2003/nzb}"
 
 
@@ -84,56 +86,64 @@ def nzb_segments(path: Path) -> list[str]:
     return [seg.text for seg in ET.parse(path).getroot().iter(f"{NZB_NS}segment")]
 
 
-def run_nyuu(nyuu: list[str], server: InnServer, source: Path, tmp: Path, connections: int,
-             check_connections: int, chunked: bool) -> float:
-    """Post `source` with Nyuu; seconds from start to exit, after checking that it posted."""
-    nzb = tmp / f"nyuu-{time.monotonic_ns()}.nzb"
-    check = (["--check-connections", str(check_connections),
-              # The defaults wait 5 s before the first STAT and 30 s between tries, for a
-              # provider's propagation; a loopback INN files an article before answering 240.
-              "--check-delay", "0s", "--check-retry-delay", "1s", "--check-tries", "2"]
-             if check_connections else [])
-    command = [*nyuu, "--host", server.host, "--port", str(server.port),
-               "--connections", str(connections), "--article-size", "700K", "--groups", GROUP,
-               "--out", str(nzb), "--overwrite", "--progress", "none",
-               # Debug logging names each article the post-check found (a line per article).
-               "--log-level", "4" if check_connections else "2", *check,
-               *([] if chunked else ["--post-chunk-size", "0"]), str(source)]
-    for attempt in range(1, NYUU_ATTEMPTS + 1):
-        before = server.article_count()
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-        elapsed = time.perf_counter() - started
-        if result.returncode == 0:
-            break
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        error = next((line for line in lines if line.startswith("Error")), lines[-1] if lines else "")
-        if attempt == NYUU_ATTEMPTS:
-            sys.exit(f"Nyuu failed {attempt} times; the last exit {result.returncode}: {error}")
-        global nyuu_crashes
-        nyuu_crashes += 1
-        print(f"  (Nyuu failed, exit {result.returncode}: {error}; running it again)", flush=True)
-    expected = -(-source.stat().st_size // PAYLOAD)
-    segments = nzb_segments(nzb)
-    posted = server.article_count() - before
-    if len(segments) != expected or len(set(segments)) != expected or posted != expected:
-        sys.exit(f"Nyuu did not post what it should have: {expected} articles expected, "
-                 f"its NZB lists {len(segments)} ({len(set(segments))} distinct), INN filed {posted}")
-    checked = result.stderr.count("Post check successful")
-    if check_connections and checked != expected:
-        sys.exit(f"Nyuu's post-check confirmed {checked} of {expected} articles")
-    nzb.unlink()
-    return elapsed
+class Nyuu:
+    """Runs Nyuu against one INN and checks that each run really posted."""
+
+    def __init__(self, command: list[str], server: InnServer, tmp: Path, connections: int, chunked: bool):
+        self.command, self.server, self.tmp = command, server, tmp
+        self.connections, self.chunked = connections, chunked
+        self.crashes = 0
+
+    def post(self, source: Path, check_connections: int = 0) -> float:
+        """Post `source`; seconds from start to exit, once the result is checked."""
+        nzb = self.tmp / f"nyuu-{time.monotonic_ns()}.nzb"
+        check = (["--check-connections", str(check_connections),
+                  # The defaults wait 5 s before the first STAT and 30 s between tries, for a
+                  # provider's propagation; a loopback INN files an article before answering 240.
+                  "--check-delay", "0s", "--check-retry-delay", "1s", "--check-tries", "2"]
+                 if check_connections else [])
+        server = self.server
+        command = [*self.command, "--host", server.host, "--port", str(server.port),
+                   "--connections", str(self.connections), "--article-size", "700K", "--groups", GROUP,
+                   "--out", str(nzb), "--overwrite", "--progress", "none",
+                   # Debug logging names each article the post-check found (a line per article).
+                   "--log-level", "4" if check_connections else "2", *check,
+                   *([] if self.chunked else ["--post-chunk-size", "0"]), str(source)]
+        for attempt in range(1, NYUU_ATTEMPTS + 1):
+            before = server.article_count()
+            started = time.perf_counter()
+            result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+            elapsed = time.perf_counter() - started
+            if result.returncode == 0:
+                break
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            error = next((line for line in lines if line.startswith("Error")), lines[-1] if lines else "")
+            if attempt == NYUU_ATTEMPTS:
+                sys.exit(f"Nyuu failed {attempt} times; the last exit {result.returncode}: {error}")
+            self.crashes += 1
+            print(f"  (Nyuu failed, exit {result.returncode}: {error}; running it again)", flush=True)
+        expected = -(-source.stat().st_size // PAYLOAD)
+        segments = nzb_segments(nzb)
+        posted = server.article_count() - before
+        if len(segments) != expected or len(set(segments)) != expected or posted != expected:
+            sys.exit(f"Nyuu did not post what it should have: {expected} articles expected, its NZB "
+                     f"lists {len(segments)} ({len(set(segments))} distinct), INN filed {posted}")
+        checked = result.stderr.count("Post check successful")
+        if check_connections and checked != expected:
+            sys.exit(f"Nyuu's post-check confirmed {checked} of {expected} articles")
+        nzb.unlink()
+        return elapsed
 
 
 class Measurement:
     """One timed step, with the CPU it cost and what else the machine was doing."""
 
-    def __init__(self, fn, tool_pids, inn_pids, daemon_pids=set):
+    def __init__(self, fn, tool_pids, inn_pids, innd_pids, daemon_pids=set):
         self.others = background_load()  # the other users' load, in the second before
         self.dirty = dirty_mb()
         meter = CpuMeter().start()
-        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "daemon": daemon_pids}).start()
+        sampler = CpuSampler({"tool": tool_pids, "INN": inn_pids, "innd": innd_pids,
+                              "daemon": daemon_pids}).start()
         self.marks: list[dict[str, float]] = []  # CPU used up to each mark() the step makes
         result = fn(lambda: self.marks.append(sampler.used()))
         self.cpu = sampler.stop()
@@ -167,37 +177,39 @@ def main() -> None:
     args = parser.parse_args()
     if args.size_mb < 1 or args.connections < 1 or args.rounds < 1 or args.check_connections < 1:
         parser.error("--size-mb, --connections, --rounds and --check-connections must be at least 1")
-    nyuu = nyuu_command(args)
+    nyuu_cmd = nyuu_command(args)
     size = args.size_mb << 20
     count = -(-size // PAYLOAD)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-nyuu-"))
     os.chmod(tmp, 0o755)  # INN runs as news
-    names = ("raw POST (ceiling)", "Nyuu, no check", f"Nyuu + post-check (+{args.check_connections} conn)",
-             "usenetfs cp + umount, verified")
+    names = ("raw POST (bench_nntp client)", "Nyuu, no check",
+             f"Nyuu + post-check (+{args.check_connections} conn)", "usenetfs cp + umount, verified")
     rates: dict[str, list[float]] = {name: [] for name in names}
-    volume = None
+    volume = nyuu = None
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
           f"{args.connections} posting connections, {os.cpu_count()} cores")
     print(f"\n{'':34}{'':13}{'CPU s/GB':^12}")
-    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'busy':>6}{'others':>7}{'dirty':>7}  load average")
+    print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'innd':>6}{'busy':>6}{'others':>7}{'dirty':>7}"
+          "  load average")
     try:
         with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
             volume = Volume(tmp, server.url, args.connections)
+            nyuu = Nyuu(nyuu_cmd, server, tmp, args.connections, args.nyuu_chunked)
             for round_no in range(args.rounds):
                 articles = make_articles(count)
                 payload = count * PAYLOAD
                 steps = {
                     names[0]: (payload, lambda mark: raw_run(server.host, server.port, args.connections,
-                                                        lambda c, a: c.post(a[1]), articles)),
-                    names[1]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections, 0,
-                                                      args.nyuu_chunked)),
-                    names[2]: (size, lambda mark: run_nyuu(nyuu, server, source, tmp, args.connections,
-                                                      args.check_connections, args.nyuu_chunked)),
+                                                             lambda c, a: c.post(a[1]), articles)),
+                    names[1]: (size, lambda mark: nyuu.post(source)),
+                    names[2]: (size, lambda mark: nyuu.post(source, args.check_connections)),
                     names[3]: (size, lambda mark: volume.copy_and_umount(source, f"big{round_no}", mark)),
                 }
                 me = os.getpid()
                 server_pids = lambda: server.pids  # noqa: E731
+                # innd files every article itself, in one process: is it the bottleneck?
+                innd_pid = lambda: {server.innd_pid}  # noqa: E731
                 tool_pids = {  # raw POST and cp run in this process; `usenetfs umount` and Nyuu in a child
                     names[0]: lambda: {me},
                     names[1]: lambda: children(me),
@@ -209,7 +221,7 @@ def main() -> None:
                     nbytes, fn = steps[name]
                     if name == names[3]:
                         volume.mount()  # not timed
-                    m = Measurement(fn, tool_pids[name], server_pids,
+                    m = Measurement(fn, tool_pids[name], server_pids, innd_pid,
                                     volume.daemon_pids if name == names[3] else set)
                     rates[name].append(nbytes / m.seconds / 1e6)
                     split = ""
@@ -217,9 +229,10 @@ def main() -> None:
                         split = ("  (cp {:.1f} s + umount {:.1f} s; tool CPU s/GB {:.1f} + {:.1f}, "
                                  "daemon {:.1f})".format(*m.parts, *m.usenetfs_split_per_gb(nbytes)))
                     tool, inn = m.per_gb(nbytes)
-                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}{m.busy:6.0%}"
-                          f"{m.others:7.0%}{m.dirty:7.0f}  {load_average()}{split}", flush=True)
-                del articles, steps
+                    print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}"
+                          f"{m.cpu['innd'] / m.seconds:6.0%}{m.busy:6.0%}{m.others:7.0%}{m.dirty:7.0f}"
+                          f"  {load_average()}{split}", flush=True)
+                articles = steps = None  # free the pre-built articles before the next round's
                 print()
     finally:
         if volume is not None:
@@ -230,8 +243,8 @@ def main() -> None:
     print(f"MB/s, {'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'one round'}:")
     for name in names:
         print(f"  {name:42}{median[name]:8.1f}   x{median[name] / median[names[0]]:.2f} of raw POST")
-    if nyuu_crashes:
-        print(f"  Nyuu crashed {nyuu_crashes} time(s) and was run again")
+    if nyuu is not None and nyuu.crashes:
+        print(f"  Nyuu crashed {nyuu.crashes} time(s) and was run again")
     ours = median[names[3]]
     print(f"  usenetfs / Nyuu (no check)      {ours / median[names[1]]:.2f}")
     print(f"  usenetfs / Nyuu (post-check)    {ours / median[names[2]]:.2f}")

@@ -197,7 +197,8 @@ class Volume:
         if result.returncode != 0:
             with open(log_path) as log:
                 log.seek(start)
-                sys.exit(f"usenetfs {' '.join(args[:2])} failed (exit {result.returncode}): {log.read().strip()}")
+                output = log.read().strip()
+            sys.exit(f"usenetfs {' '.join(args[:2])} failed (exit {result.returncode}): {output}")
 
     def mount(self) -> None:
         self.run("mount", self.name, str(self.mnt), "--passphrase-file", str(self.passphrase_file))

@@ -3,10 +3,11 @@
 # usenetfs with, and of its native yEnc addon (`yencode`, compiled by node-gyp). Run as root on
 # Debian 12. Installs into benchmarks/.nyuu (gitignored), or into $NYUU_DIR; nothing global.
 #
-# Newer npm releases (11.16 and later) no longer run a dependency's install script unless the
-# project approves it: `npm install-scripts approve yencode` (npm 11.19+; the older spelling is
-# `npm approve-scripts`) records the approval in package.json, and `npm rebuild yencode` then
-# builds the addon. npm 9/10 (Debian's own npm) run install scripts anyway and lack both commands.
+# npm 11.16 introduced approvals of dependencies' install scripts (advisory in 11.x, enforced
+# from npm 12): `npm install-scripts approve yencode` (npm 11.19 here; 11.16 spelled it
+# `npm approve-scripts`, later releases keep that as an alias) records the approval in
+# package.json, and `npm rebuild yencode` then builds the addon. npm 9/10 (Debian's own npm) run
+# install scripts anyway and lack both commands.
 set -euo pipefail
 cd "$(dirname "$0")"
 DIR="${NYUU_DIR:-$PWD/.nyuu}"
