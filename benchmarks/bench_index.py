@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import stat
