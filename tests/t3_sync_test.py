@@ -20,27 +20,14 @@ from usenetfs.data import FileData
 from usenetfs.data.copyin import SourceChanged, copy_into, file_digest
 from usenetfs.errors import UserError
 from usenetfs.index import ROOT_INODE, Index, listing
-from usenetfs.keys import VolumeKeys
-from usenetfs.store import LocalSegmentStore
 from usenetfs.sync import OfflineTarget, Sync, SyncOptions
 from usenetfs.sync.compare import DIGEST_XATTR
+
+from t3_filedata_test import index, keys, store  # noqa: F401 - fixtures
 
 SEG = 64 * 1024
 FAST = dict(segment_size=SEG, pack_threshold=16 * 1024, idle_seconds=0.2, release_delay=0.05,
             retry_base=0.05, retry_max=0.2, sync_delay=0.05, commit_interval=0.05)
-
-
-@pytest.fixture
-def index(tmp_path):
-    ix = Index.create(tmp_path / "index.db")
-    yield ix
-    assert ix.fsck() == []
-    ix.close()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalSegmentStore(tmp_path / "store", VolumeKeys(os.urandom(32)))
 
 
 @asynccontextmanager

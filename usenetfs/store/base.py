@@ -18,9 +18,11 @@ behind a `trio.CapacityLimiter`; the functions handed to threads touch no shared
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
 
+from ..codec.errors import CodecError
 from ..codec.segment import HEADER_SIZE, SegmentCodec, SegmentId
 from ..codec.kdf import hkdf
 from ..errors import UsenetfsError
@@ -92,6 +94,19 @@ def make_codec(data_key: bytes, ident: SegmentId, *, cipher: str, pad: int | Non
     return SegmentCodec(segment_key(data_key, ident), cipher=cipher, pad_to=pad, max_plaintext=max_plaintext_for(pad))
 
 
+def decoded_payload(seg: SegmentRow, decode: Callable[[], bytes]) -> bytes:
+    """`decode()`'s payload for `seg`, or SegmentUnavailable if the article does not
+    decode (corrupt, tampered, not ours) or its payload is not the size the index says.
+    Pure CPU: stores call it in a worker thread."""
+    try:
+        payload = decode()
+    except CodecError as e:
+        raise SegmentUnavailable(seg.id, f"{type(e).__name__}: {e}") from None
+    if len(payload) != seg.payload_size:
+        raise SegmentUnavailable(seg.id, f"payload of {len(payload)} bytes, the index says {seg.payload_size}")
+    return payload
+
+
 def data_ident(seg: SegmentRow, scope_id: bytes) -> SegmentId:
     from ..codec.segment import KIND_DATA
 
@@ -99,6 +114,7 @@ def data_ident(seg: SegmentRow, scope_id: bytes) -> SegmentId:
 
 
 __all__ = [
+    "decoded_payload",
     "DEFAULT_PAD",
     "PutResult",
     "SEGMENT_KEY_LABEL",

@@ -13,12 +13,11 @@ from collections.abc import Callable
 
 import trio
 
-from ..codec.errors import CodecError
 from ..codec.segment import SegmentCodec
 from ..index.rows import SegmentRow
 from ..nntp.client import NNTPClient
 from ..nntp.errors import ArticleNotFound
-from .base import PutResult, SegmentUnavailable, data_ident, max_plaintext_for
+from .base import PutResult, SegmentUnavailable, data_ident, decoded_payload, max_plaintext_for
 
 
 class ReadOnlyStore(Exception):
@@ -52,13 +51,8 @@ class KeyedSegmentStore:
             body = await self.client.body(f"<{locator}@{self.domain}>")
         except ArticleNotFound:
             raise SegmentUnavailable(seg.id, "article not found", missing=True) from None
-        try:
-            payload = await trio.to_thread.run_sync(self._decode, key, ident, body, limiter=self.limiter)
-        except CodecError as e:
-            raise SegmentUnavailable(seg.id, f"{type(e).__name__}: {e}") from None
-        if len(payload) != seg.payload_size:
-            raise SegmentUnavailable(seg.id, f"payload of {len(payload)} bytes, the index says {seg.payload_size}")
-        return payload
+        return await trio.to_thread.run_sync(decoded_payload, seg, lambda: self._decode(key, ident, body),
+                                             limiter=self.limiter)
 
     async def put(self, seg: SegmentRow, scope_id: bytes, payload: bytes) -> PutResult:
         raise ReadOnlyStore("a share is read-only")

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import trio
 
-from ..codec.errors import CodecError
 from ..index.rows import SegmentRow
 from ..keys import KEY_SIZE, VolumeKeys
-from .base import PutResult, SegmentUnavailable, data_ident, make_codec, pad_to
+from .base import PutResult, SegmentUnavailable, data_ident, decoded_payload, make_codec, pad_to
 
 _KEY_FILE = "local-store.key"
 
@@ -107,13 +106,9 @@ class LocalSegmentStore:
             raise SegmentUnavailable(
                 seg.id, f"article not found (generation {seg.generation})", missing=True
             ) from None
-        try:
-            payload = make_codec(self.keys.data_key, ident, cipher=self.cipher, pad=self.pad_to).decode(ident, body)
-        except CodecError as e:
-            raise SegmentUnavailable(seg.id, f"{type(e).__name__}: {e}") from None
-        if len(payload) != seg.payload_size:
-            raise SegmentUnavailable(seg.id, f"payload of {len(payload)} bytes, the index says {seg.payload_size}")
-        return payload
+        return decoded_payload(
+            seg, lambda: make_codec(self.keys.data_key, ident, cipher=self.cipher, pad=self.pad_to).decode(ident, body)
+        )
 
     async def put(self, seg: SegmentRow, scope_id: bytes, payload: bytes) -> PutResult:
         # Encode and write in one thread call: the write is local disk I/O, the encode

@@ -31,7 +31,7 @@ from ..keys import VolumeKeys
 from ..nntp.client import NNTPClient
 from ..nntp.errors import ArticleNotFound
 from ..nntp.posting import ArticlePoster, VerifyOptions
-from .base import PutResult, SegmentUnavailable, data_ident, make_codec, pad_to
+from .base import PutResult, SegmentUnavailable, data_ident, decoded_payload, make_codec, pad_to
 
 
 class NNTPSegmentStore:
@@ -131,13 +131,8 @@ class NNTPSegmentStore:
             raise SegmentUnavailable(
                 seg.id, f"article not found (generation {seg.generation})", missing=True
             ) from None
-        try:
-            payload = await trio.to_thread.run_sync(self._decode, ident, body, limiter=self.limiter)
-        except CodecError as e:
-            raise SegmentUnavailable(seg.id, f"{type(e).__name__}: {e}") from None
-        if len(payload) != seg.payload_size:
-            raise SegmentUnavailable(seg.id, f"payload of {len(payload)} bytes, the index says {seg.payload_size}")
-        return payload
+        return await trio.to_thread.run_sync(decoded_payload, seg, lambda: self._decode(ident, body),
+                                             limiter=self.limiter)
 
 
 __all__ = ["NNTPSegmentStore"]
