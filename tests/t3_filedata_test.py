@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from usenetfs.data import DataUnavailable, FileData
+from usenetfs.data.staging import SPARES_TARGET
 from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index
 from usenetfs.index.schema import DEAD, VERIFIED
 from usenetfs.keys import VolumeKeys
@@ -135,7 +136,8 @@ def segments_of(index: Index, ino: int) -> set[int]:
 
 
 def staged(tmp_path, cache="cache") -> list[str]:
-    return sorted(os.listdir(tmp_path / cache / "staging"))
+    """The staging directory's files, less the spare pool (empty files kept for reuse)."""
+    return sorted(name for name in os.listdir(tmp_path / cache / "staging") if not name.startswith("spare-"))
 
 
 class GatedStore(LocalSegmentStore):
@@ -568,6 +570,39 @@ async def test_staging_goes_only_once_the_index_is_durable(index, store, tmp_pat
         assert staged(tmp_path) == []
         assert fs.data.staging.used == 0
     assert await fresh_read(index, store, tmp_path, ino) == b"v2" + b"v1" * 99
+
+
+async def test_staging_files_reuse_the_inodes_of_uploaded_ones(index, store, tmp_path):
+    """New staging files are renamed from the spare pool, which recycling the staging files
+    of uploaded files keeps fed: no inode is allocated or freed per small file."""
+    spare_dir = tmp_path / "cache" / "staging"
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60, sync_delay=0) as fs:
+        await wait_until(lambda: len(fs.data.staging.spares) >= SPARES_TARGET)  # filled at start
+        pool = {(spare_dir / name).stat().st_ino for name in fs.data.staging.spares}
+        ino = await fs.write_file(b"a", b"first")
+        first_inode = (spare_dir / str(ino)).stat().st_ino
+        assert first_inode in pool
+        await fs.data.flush_all()
+        assert staged(tmp_path) == []
+        # The uploaded file's staging file went back to the pool, emptied.
+        recycled = [name for name in fs.data.staging.spares if (spare_dir / name).stat().st_ino == first_inode]
+        assert len(recycled) == 1 and (spare_dir / recycled[0]).stat().st_size == 0
+        taken = len(fs.data.staging.spares)
+        second = await fs.write_file(b"b", b"second")
+        assert len(fs.data.staging.spares) == taken - 1
+        assert (spare_dir / str(second)).stat().st_ino in pool
+        await fs.data.flush_all()
+        spares = sorted(fs.data.staging.spares)
+    # A remount finds the pool again; a spare that is not empty is not reused.
+    (spare_dir / spares[0]).write_bytes(b"not empty")
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        assert spares[0] not in fs.data.staging.spares
+        assert not (spare_dir / spares[0]).exists()
+        assert set(spares[1:]) <= set(fs.data.staging.spares)
+        third = await fs.write_file(b"c", b"third")
+        assert await fs.read(third) == b"third"
+        await fs.data.flush_all()
+    assert await fresh_read(index, store, tmp_path, second) == b"second"
 
 
 async def test_missing_or_corrupt_segment_is_eio_never_wrong_bytes(index, store, tmp_path):

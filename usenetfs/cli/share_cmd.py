@@ -386,6 +386,7 @@ def _syncfs(mountpoint: str) -> None:
 
 def _publish_offline(args, volume: Volume, files, *, rescan: bool) -> dict:
     from ..cli.progress import Progress
+    from ..data.staging import staged_inodes
     from ..index import Index
     from ..nntp.client import NNTPClient
     from ..session import check_server, volume_servers
@@ -393,8 +394,7 @@ def _publish_offline(args, volume: Volume, files, *, rescan: bool) -> dict:
     settings = volume.load()
     passphrase = read_passphrase(args.passphrase_file)
     keys = volume.unlock(passphrase)
-    staging = volume.data_dir / "staging"
-    staged = {int(p.name) for p in staging.iterdir() if p.name.isdigit()} if staging.is_dir() else set()
+    staged = staged_inodes(volume.data_dir / "staging")
 
     async def run(config, progress):
         await check_server(config)

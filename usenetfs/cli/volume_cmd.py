@@ -284,10 +284,10 @@ def _restore(args) -> int:
 
 
 def _cache_clear(args) -> int:
+    from ..data.staging import staged_inodes
     from ..index import Index
     volume = _offline_volume(args, args.volume)
-    staging = volume.data_dir / "staging"
-    if staging.exists() and any(staging.iterdir()):
+    if staged_inodes(volume.data_dir / "staging"):
         raise UserError("some files are not posted yet: mount the volume and let them upload first")
     index = Index.open(volume.index_file)
     try:

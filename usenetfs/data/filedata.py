@@ -111,7 +111,7 @@ class FileData:
             try:
                 task_status.started()
                 nursery.start_soon(self._commit_loop)
-                nursery.start_soon(self.staging.empty_trash_forever)
+                nursery.start_soon(self.staging.housekeeping_forever)
                 await self.uploader.run(nursery)
             finally:
                 self._running = False

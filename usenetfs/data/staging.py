@@ -7,8 +7,11 @@ Owns
   the inode number (its existence means "dirty"; `<ino>.tmp` is a materialisation in
   progress and means nothing), a small LRU of open descriptors, and the space accounting
   with backpressure (`wait_for_space`);
-- pure helpers the worker threads run: `fsync_paths`, `unlink_paths`, `data_regions` (SEEK_DATA/SEEK_HOLE),
-  `read_virtual` (a byte range of several files' data regions laid end to end).
+- the spare pool: empty files named `spare-<n>` that a new staging file is renamed from,
+  fed by recycling the staging files of uploaded files (see `create`);
+- pure helpers the worker threads run: `fsync_paths`, `unlink_paths`, `recycle_paths`,
+  `create_spares`, `data_regions` (SEEK_DATA/SEEK_HOLE), `read_virtual` (a byte range of
+  several files' data regions laid end to end).
 
 Rules. Only the trio thread uses the cached descriptors (pread/pwrite/ftruncate are
 local-disk calls, fast enough to make inline). Worker threads open their own descriptor
@@ -34,6 +37,13 @@ from cachetools import LRUCache
 # of a fragmented sparse file would cost an extent row each for nothing.
 MIN_HOLE = 64 * 1024
 UNCHANGED = 1 << 62  # DirtyFile.changed_from: nothing written since the job started
+SPARE_PREFIX = "spare-"
+# The spare pool: refilled (in a worker thread) below SPARES_LOW, up to SPARES_TARGET;
+# recycled staging files are kept up to SPARES_MAX, the rest unlinked. An empty file costs
+# an inode and a directory entry, nothing else.
+SPARES_LOW = 64
+SPARES_TARGET = 256
+SPARES_MAX = 4096
 
 
 class DirtyFile:
@@ -109,6 +119,10 @@ class Staging:
         self.trash: list[tuple[Path, int]] = []
         self._trash_seq = 0
         self._trashed = trio.Event()
+        # Names of empty files ready to become staging files (see create), and the next
+        # free number for one.
+        self.spares: list[str] = []
+        self._spare_seq = 0
         self._fds = _FdCache(maxsize=max_fds)
         self._changed = trio.Event()
 
@@ -139,13 +153,39 @@ class Staging:
     # ------------------------------------------------------------------ dirty set
 
     def create(self, ino: int, size: int = 0) -> DirtyFile:
-        """A new, empty (or all-hole, `size`) staging file for `ino`."""
+        """A new, empty (or all-hole, `size`) staging file for `ino`.
+
+        Taken from the spare pool when it can be: a rename costs ~20 us, while allocating
+        an inode costs 15 us on a quiet ext4 and 0.3-1 ms of kernel CPU for minutes after
+        many files were deleted nearby (ext4 skips recently deleted inodes one by one),
+        which is what uploading small files does all the time. Like O_TRUNC, the rename
+        replaces a retired staging file at the same path."""
         self._close(ino)
-        fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = self._from_spare(ino)
+        if fd is None:
+            fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         if size:
             os.ftruncate(fd, size)
         self._fds[ino] = fd
         return self._add(ino, size, 0)
+
+    def _from_spare(self, ino: int) -> int | None:
+        path = self.path(ino)
+        while self.spares:
+            name = self.spares.pop()
+            try:
+                os.rename(self.directory / name, path)
+            except FileNotFoundError:  # removed behind our back: try the next one
+                continue
+            if len(self.spares) < SPARES_LOW:
+                self._trashed.set()  # wake the housekeeping task: refill
+            return os.open(path, os.O_RDWR)
+        return None
+
+    def _spare_names(self, count: int) -> list[str]:
+        first = self._spare_seq
+        self._spare_seq += count
+        return [f"{SPARE_PREFIX}{n}" for n in range(first, first + count)]
 
     def adopt(self, ino: int, *, fd: int | None = None) -> DirtyFile:
         """Take the existing staging file of `ino` into the dirty set (recover,
@@ -235,21 +275,35 @@ class Staging:
         return n
 
     async def empty_trash(self) -> None:
-        """Unlink the purged staging files (in a worker thread), then count their space free."""
+        """Recycle the purged staging files into the spare pool, and unlink those it has
+        no room for (in a worker thread); then count their space free."""
         while self.trash:
             batch, self.trash = self.trash, []
+            paths = [path for path, _ in batch]
+            names = self._spare_names(max(0, min(len(paths), SPARES_MAX - len(self.spares))))
             try:
-                await trio.to_thread.run_sync(unlink_paths, [path for path, _ in batch])
+                recycled = await trio.to_thread.run_sync(recycle_paths, paths, self.directory, names)
+                self.spares.extend(recycled)
             finally:
                 self.used -= sum(alloc for _, alloc in batch)
                 self.notify()
 
-    async def empty_trash_forever(self) -> None:
-        """The task that empties the trash whenever purge_retired fills it (FileData.run)."""
+    async def refill_spares(self) -> None:
+        """Top the spare pool up to SPARES_TARGET (new files, made in a worker thread)."""
+        missing = SPARES_TARGET - len(self.spares)
+        if missing > 0:
+            names = self._spare_names(missing)
+            self.spares.extend(await trio.to_thread.run_sync(create_spares, self.directory, names))
+
+    async def housekeeping_forever(self) -> None:
+        """The task (FileData.run) that empties the trash whenever purge_retired fills it
+        and refills the spare pool when create has drawn it below SPARES_LOW."""
         while True:
+            await self.empty_trash()
+            if len(self.spares) < SPARES_LOW:
+                await self.refill_spares()
             await self._trashed.wait()
             self._trashed = trio.Event()
-            await self.empty_trash()
 
     def empty_trash_now(self) -> None:
         """Unlink what is left in the trash, on this thread (at shutdown)."""
@@ -266,10 +320,22 @@ class Staging:
         found = []
         busy_names = {f"{ino}.tmp" for ino in busy} | {path.name for path, _ in self.trash}
         own_copies = f"sync-{os.getpid()}-"
+        known_spares = set(self.spares)
         for entry in os.scandir(self.directory):
             name = entry.name
             if name.isdigit():
                 found.append(int(name))
+            elif name.startswith(SPARE_PREFIX) and name[len(SPARE_PREFIX):].isdigit():
+                self._spare_seq = max(self._spare_seq, int(name[len(SPARE_PREFIX):]) + 1)
+                if name in known_spares:
+                    continue
+                # recycle_paths empties a file before naming it a spare, so a spare is
+                # empty; anything else is not ours to reuse.
+                if len(self.spares) < SPARES_MAX and entry.stat(follow_symlinks=False).st_size == 0:
+                    self.spares.append(name)
+                    known_spares.add(name)
+                else:
+                    unlink_paths([Path(entry.path)])
             elif name.endswith(".tmp") and name not in busy_names and not name.startswith(own_copies):
                 try:
                     os.unlink(entry.path)
@@ -375,6 +441,45 @@ def unlink_paths(paths: Iterable[Path]) -> None:
             pass
 
 
+def staged_inodes(directory: Path) -> set[int]:
+    """The inodes with a staging file in `directory` (dirty ones, for offline commands)."""
+    try:
+        return {int(entry.name) for entry in os.scandir(directory) if entry.name.isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+def recycle_paths(paths: list[Path], directory: Path, names: list[str]) -> list[str]:
+    """Empty the first len(names) files of `paths` and rename them to those names in
+    `directory` (the spare pool); unlink the rest. Returns the names that now exist. A
+    file is emptied before it is named a spare, so a crash never leaves a spare holding
+    data (scan() checks anyway)."""
+    recycled = []
+    for i, path in enumerate(paths):
+        try:
+            if i < len(names):
+                os.truncate(path, 0)
+                os.rename(path, directory / names[i])
+                recycled.append(names[i])
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return recycled
+
+
+def create_spares(directory: Path, names: list[str]) -> list[str]:
+    """Create empty files `names` in `directory`; the names made."""
+    made = []
+    for name in names:
+        try:
+            os.close(os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        made.append(name)
+    return made
+
+
 def fsync_paths(paths: Iterable[Path], directory: Path) -> None:
     """fsync each file (if it still exists), then the directory holding their names."""
     for path in paths:
@@ -456,5 +561,5 @@ def read_virtual(sources: list[tuple[Path, list[tuple[int, int]]]], start: int, 
     return bytes(out)
 
 
-__all__ = ["DirtyFile", "MIN_HOLE", "UNCHANGED", "Staging", "data_regions", "fsync_paths", "read_virtual",
-           "unlink_paths"]
+__all__ = ["DirtyFile", "MIN_HOLE", "UNCHANGED", "Staging", "create_spares", "data_regions", "fsync_paths",
+           "read_virtual", "recycle_paths", "staged_inodes", "unlink_paths"]
