@@ -1,5 +1,6 @@
 """Level 2: the NNTP client against a real INN on loopback (and the fault proxy)."""
 
+import functools
 import os
 import uuid
 
@@ -165,3 +166,57 @@ async def test_starttls_upgrades_a_plain_connection(inn):
         message_id = new_id()
         await conn.post(make_article(message_id, b"upgraded\r\n"))
         assert await conn.body(message_id) == b"upgraded\r\n"
+
+
+async def test_large_body_over_tls(inn_tls):
+    # Many TLS records, so the receive loop waits for more data (and ACKs) many times.
+    body = b"".join(os.urandom(64).hex().encode() + b"\r\n" for _ in range(12000))  # ~1.5 MB
+    config = config_for(inn_tls.url.replace("nntp://", "nntps://"), ca_file=str(inn_tls.cert_file))
+    message_id = new_id()
+    async with await NNTPConnection.open(config) as conn:
+        await conn.post(make_article(message_id, body))
+        assert await conn.body(message_id) == body
+        assert conn.bytes_received > len(body)
+
+
+async def test_cancel_mid_body_breaks_the_connection_and_frees_its_thread():
+    """A trio cancel while the worker thread is receiving a body: the call returns at
+    once, the connection is broken, and the thread (woken by the socket's shutdown)
+    finishes and closes the socket, which the server sees as end of stream."""
+    saw_eof = trio.Event()
+    body_started = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"200 fake server ready\r\n")
+        buffered = b""
+        while True:
+            data = await stream.receive_some()
+            if not data:
+                saw_eof.set()
+                return
+            buffered += data
+            while b"\r\n" in buffered:
+                line, buffered = buffered.split(b"\r\n", 1)
+                if line == b"CAPABILITIES":
+                    await stream.send_all(b"101 caps\r\nVERSION 2\r\nREADER\r\n.\r\n")
+                elif line.startswith(b"BODY"):
+                    # Half a body, then silence (well within response_timeout).
+                    await stream.send_all(b"222 0 <x@y> body\r\n" + b"x" * 126 + b"\r\n" * 800)
+                    body_started.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        conn = await NNTPConnection.open(ServerConfig("127.0.0.1", port, response_timeout=600))
+        with trio.move_on_after(0.3) as scope:
+            await conn.body("<x@y>")
+        assert scope.cancelled_caught and body_started.is_set()
+        assert conn.broken and conn.closed
+        with trio.fail_after(30):  # a hang guard, not a timing requirement
+            await saw_eof.wait()
+            while conn._busy or conn._sock is not None:  # noqa: SLF001
+                await trio.sleep(0.01)
+        with pytest.raises(E.ConnectionBroken):
+            await conn.stat("<x@y>")
+        await conn.aclose()  # closing again is harmless
+        nursery.cancel_scope.cancel()
