@@ -96,10 +96,11 @@ def main() -> None:
 
             mem = tmp / "memfs"
             mem.mkdir()
-            proc = subprocess.Popen([sys.executable, str(HERE / "memfs.py"), str(mem)])
+            ready = tmp / "memfs-ready"
+            proc = subprocess.Popen([sys.executable, str(HERE / "memfs.py"), str(mem), str(ready)])
             try:
                 deadline = time.time() + 10
-                while not os.path.ismount(mem) and time.time() < deadline:
+                while not ready.exists() and time.time() < deadline:
                     time.sleep(0.05)
                 (mem / "warm").write_bytes(os.urandom(args.warm_mb << 20))
                 read_file(mem / "warm")

@@ -2,7 +2,7 @@
 
 It keeps whole files in bytearrays and does nothing else (no index, no staging, no
 network), with the same mount options usenetfs uses (writeback cache, 1 MiB read-ahead).
-Run: python benchmarks/memfs.py MOUNTPOINT   (foreground; unmount with fusermount3 -u)
+Run: python benchmarks/memfs.py MOUNTPOINT [READY_FILE]   (foreground; unmount with fusermount3 -u)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from usenetfs.mountd import raise_readahead  # noqa: E402
+from usenetfs.mountd import announce_when_initialized  # noqa: E402
 
 
 class MemFS(pyfuse3.Operations):
@@ -25,11 +25,15 @@ class MemFS(pyfuse3.Operations):
 
     def __init__(self):
         super().__init__()
+        self.initialized = trio.Event()
         now = time.time_ns()
         self.attrs: dict[int, dict] = {pyfuse3.ROOT_INODE: self._attr(stat.S_IFDIR | 0o755, now)}
         self.children: dict[int, dict[bytes, int]] = {pyfuse3.ROOT_INODE: {}}
         self.data: dict[int, bytearray] = {}
         self.next_inode = pyfuse3.ROOT_INODE + 1
+
+    def init(self) -> None:
+        self.initialized.set()  # INIT is being answered (see mountd.announce_when_initialized)
 
     @staticmethod
     def _attr(mode: int, now: int) -> dict:
@@ -124,13 +128,21 @@ class MemFS(pyfuse3.Operations):
 
 
 def main() -> None:
+    """memfs.py MOUNTPOINT [READY_FILE]: READY_FILE is created once the mount is ready
+    (INIT answered, the same 1 MiB read-ahead as usenetfs raised)."""
     mountpoint = sys.argv[1]
+    ready_file = sys.argv[2] if len(sys.argv) > 2 else None
     options = set(pyfuse3.default_options) | {"fsname=memfs"}
-    pyfuse3.init(MemFS(), mountpoint, options)
+    operations = MemFS()
+    pyfuse3.init(operations, mountpoint, options)
+
+    def ready() -> None:
+        if ready_file:
+            open(ready_file, "w").close()
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(raise_readahead, mountpoint)  # the same 1 MiB as usenetfs
+            nursery.start_soon(announce_when_initialized, operations, mountpoint, ready)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 

@@ -73,6 +73,35 @@ def test_block_round_trip_any_chunking(body_lines, chunk):
     assert got[0].data == body
 
 
+@given(lines, st.integers(min_value=1, max_value=50))
+def test_stuffed_blocks_come_as_sent_and_end_at_the_terminator(body_lines, chunk):
+    """next_response(stuffed=True): the block as it was sent (stuffing kept), found by its
+    tail only, however the bytes arrive; the status line and the empty block as usual."""
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    sent = b"".join(encode_block(body))
+    wire = b"222 0 <x@y>\r\n" + sent
+    reader = ResponseReader(initial_size=8)
+    got = None
+    for i in range(0, len(wire), chunk):
+        assert got is None  # nothing complete before the last byte
+        reader.feed(wire[i:i + chunk])
+        got = reader.next_response(stuffed=True)
+    assert got is not None and got.code == 222
+    assert got.data == sent[:-3] if body else got.data == b""
+    assert dot_unstuff(got.data) == body
+    assert reader.buffered == 0
+    reader.feed(b"430 no such article\r\n")  # single-line answers are unaffected
+    assert reader.next_response(stuffed=True).code == 430
+
+
+def test_a_stuffed_block_keeps_its_dots():
+    reader = ResponseReader()
+    reader.feed(b"222 0 <a@b> body\r\n..leading dot\r\nplain\r\n...\r\n")
+    assert reader.next_response(stuffed=True) is None  # no terminator yet
+    reader.feed(b".\r\n")
+    assert reader.next_response(stuffed=True).data == b"..leading dot\r\nplain\r\n...\r\n"
+
+
 @given(lines)
 def test_stuff_unstuff_inverse(body_lines):
     body = b"".join(line + b"\r\n" for line in body_lines)

@@ -66,6 +66,11 @@ async def test_large_body_and_missing_article(inn):
         assert not await conn.stat(new_id())
         # A 430 does not break the connection.
         assert await conn.body(message_id) == body
+        assert await conn.body(message_id, stuffed=True) == body  # nothing to un-stuff here
+        dotted_id = new_id()
+        await conn.post(make_article(dotted_id, b".starts with a dot\r\n..two\r\nplain\r\n"))
+        assert await conn.body(dotted_id) == b".starts with a dot\r\n..two\r\nplain\r\n"
+        assert await conn.body(dotted_id, stuffed=True) == b"..starts with a dot\r\n...two\r\nplain\r\n"
 
 
 async def test_duplicate_post_is_recognised(inn):

@@ -682,6 +682,27 @@ async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
         assert fs.data.cache.size <= fs.data.cache.capacity
 
 
+async def test_reads_of_one_stream_that_finish_out_of_order_keep_the_read_ahead(index, keys, tmp_path):
+    """The kernel has two reads of a sequential reader in flight; the later one may finish
+    first. That must not count as random access (which stops read-ahead)."""
+    store = GatedStore(tmp_path / "store", keys)
+    content = os.urandom(12 * SEG)
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        ino = await fs.write_file(b"f", content)
+        await fs.data.flush_all()
+    first = index.extents(ino)[0].segment
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=4 * SEG) as fs:
+        chunk = SEG // 2
+        assert await fs.read(ino, 0, chunk) == content[:chunk]
+        assert await fs.read(ino, 2 * chunk, chunk) == content[2 * chunk:3 * chunk]  # before its neighbour
+        assert await fs.read(ino, chunk, chunk) == content[chunk:2 * chunk]
+        assert fs.data.reader._seq[ino][1] > 0  # still a sequential stream with a window
+        await wait_until(lambda: first + 4 in fs.data.cache)  # prefetched beyond what was read
+        # A read far away is random access: the window starts over.
+        assert await fs.read(ino, 10 * SEG, chunk) == content[10 * SEG:10 * SEG + chunk]
+        assert fs.data.reader._seq[ino][1] == 0
+
+
 async def test_segment_cache_is_bounded_in_bytes(index, store, tmp_path):
     content = os.urandom(20 * SEG)
     async with mounted(index, store, tmp_path / "cache") as fs:

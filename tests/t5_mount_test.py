@@ -56,8 +56,11 @@ class Mount:
         return info["pid"]
 
     def staging_files(self) -> list[Path]:
+        """Staging files other than the spare pool's (empty files kept for reuse)."""
         staging = self.home / "data/volumes/vol/staging"
-        return [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
+        if not staging.exists():
+            return []
+        return [p for p in staging.rglob("*") if p.is_file() and not p.name.startswith("spare-")]
 
     def log_tail(self) -> str:
         log = self.home / "data/volumes/vol/mount.log"
@@ -124,6 +127,24 @@ def make_tree(root: Path) -> None:
     os.link(root / "small.txt", root / "hardlink.txt")
     os.setxattr(root / "small.txt", "user.comment", b"kept")
     os.chmod(root / "sub/note1.txt", 0o600)
+
+
+def fuse_bdi(mountpoint: Path) -> str:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mountpoint) and " - fuse" in line:
+            return fields[2]
+    raise AssertionError(f"{mountpoint} is not a FUSE mount")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a mount's read-ahead needs root")
+def test_mount_returns_with_the_read_ahead_raised(volume):
+    """A file takes the read-ahead it finds when it is opened, so `usenetfs mount` must not
+    return before the 1 MiB read-ahead is in place (128 KiB halves sequential reads)."""
+    for _ in range(2):
+        assert Path(f"/sys/class/bdi/{fuse_bdi(volume.mountpoint)}/read_ahead_kb").read_text().strip() == "1024"
+        volume.umount()
+        volume.mount()
 
 
 def test_cp_and_rsync_round_trip_through_the_server(volume, tmp_path):

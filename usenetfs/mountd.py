@@ -199,11 +199,15 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                                        backed_up, operations)
                     await nursery.start(serve_control, volume.control_socket, _control_session, control)
                     nursery.start_soon(_terminate_on_signal)
-                    nursery.start_soon(raise_readahead, request.mountpoint)
-                    _signal_ready(ready_fd, "ok")
-                    ready_fd = None
-                    if request.notify_systemd:
-                        _sd_notify(b"READY=1")
+
+                    def ready() -> None:
+                        nonlocal ready_fd
+                        _signal_ready(ready_fd, "ok")
+                        ready_fd = None
+                        if request.notify_systemd:
+                            _sd_notify(b"READY=1")
+
+                    nursery.start_soon(announce_when_initialized, operations, request.mountpoint, ready)
                     await pyfuse3.main()
                     # Unmounted: release what the kernel still held, then stop the uploads;
                     # what is not posted stays staged and resumes at the next mount.
@@ -514,19 +518,31 @@ async def _terminate_on_signal() -> None:
             return
 
 
-async def raise_readahead(mountpoint: str) -> None:
+INIT_TIMEOUT = 5.0  # announce the mount anyway if the kernel's INIT has not come by then
+
+
+async def announce_when_initialized(operations, mountpoint: str, ready: Callable[[], None]) -> None:
+    """Call `ready()` (the mount command returns, systemd hears READY=1) once the kernel's
+    FUSE INIT has been answered and the read-ahead raised: a file opened before that keeps
+    the 128 KiB read-ahead it was opened with, which halves its sequential reads."""
+    with trio.move_on_after(INIT_TIMEOUT):
+        await operations.initialized.wait()
+    raise_readahead(mountpoint)
+    ready()
+
+
+def raise_readahead(mountpoint: str) -> None:
     """1 MiB kernel read-ahead instead of 128 KiB: doubles sequential reads (baselines.md).
 
-    The kernel sets the read-ahead when it receives our answer to FUSE INIT, so this runs
-    once the session loop has answered it. The device number comes from
-    /proc/self/mountinfo: stat() on our own mountpoint from this thread could deadlock.
+    Only after FUSE INIT has been answered: the kernel lowers the read-ahead to what that
+    answer says. Each open file takes the value it finds at open. The device number comes
+    from /proc/self/mountinfo: stat() on our own mountpoint from this thread could deadlock.
     """
-    await trio.sleep(0.5)
     try:
-        with open("/proc/self/mountinfo") as mounts:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mounts:
             for line in mounts:
                 fields = line.split()
-                if fields[4] == mountpoint and " - fuse" in line:
+                if _unescape_mountinfo(fields[4]) == mountpoint and " - fuse" in line:
                     with open(f"/sys/class/bdi/{fields[2]}/read_ahead_kb", "w") as out:
                         out.write("1024")
     except (OSError, IndexError):

@@ -130,7 +130,7 @@ async def run_server_test(config: ServerConfig, *, group: str, articles: int = 1
         async def fetch_one(number: int) -> None:
             message_id = posted[number]
             try:
-                body = await poster.fetch_when_ready(message_id)
+                body = await poster.fetch_when_ready(message_id, stuffed=True)  # yEnc un-stuffs
                 if body is None:
                     report.failures.append(f"article {number}: {message_id} not found by BODY")
                     return

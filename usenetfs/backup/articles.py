@@ -52,7 +52,7 @@ async def fetch(client: NNTPClient, keys: VolumeKeys, ident: SegmentId, generati
                 limiter: trio.CapacityLimiter) -> bytes:
     """The authenticated payload of `ident` under `generation`; `ArticleNotFound` if the
     server does not have it, a `CodecError` if what it has is not that article."""
-    body = await client.body(keys.message_id(ident, generation))
+    body = await client.body(keys.message_id(ident, generation), stuffed=True)  # yEnc un-stuffs
     return await trio.to_thread.run_sync(lambda: _codec(keys, ident).decode(ident, body), limiter=limiter)
 
 

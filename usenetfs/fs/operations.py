@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import pyfuse3
+import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
 from ..data import DataUnavailable
@@ -115,6 +116,8 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.enable_writeback_cache = writeback_cache
+        # Set once the kernel's FUSE INIT has been answered (see mountd.announce_when_initialized).
+        self.initialized = trio.Event()
         self.model = FsModel(
             index,
             data,
@@ -170,7 +173,10 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ lifecycle, lookup
 
     def init(self) -> None:
+        # Runs inside libfuse's INIT handling, just before the answer is written: by the
+        # time a task woken by this event runs, the kernel has applied the answer.
         log.debug("FUSE session started (writeback cache requested: %s)", self.enable_writeback_cache)
+        self.initialized.set()
 
     @_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx) -> EntryAttributes:

@@ -300,9 +300,11 @@ class NNTPConnection:
             raise error_for(response.code, response.text, "POST")
         return accepted_message_id(response.text)
 
-    async def body(self, message_id: str) -> bytes:
-        """The body of an article, un-stuffed, every line ending in CRLF."""
-        return await self._article_data("BODY", message_id, 222)
+    async def body(self, message_id: str, *, stuffed: bool = False) -> bytes:
+        """The body of an article, un-stuffed, every line ending in CRLF. `stuffed=True`:
+        as it came, dot-stuffing and all, for a consumer that un-stuffs by itself (yEnc
+        through sabctools), which saves a scan of every byte (protocol.ResponseReader)."""
+        return await self._article_data("BODY", message_id, 222, stuffed)
 
     async def head(self, message_id: str) -> bytes:
         return await self._article_data("HEAD", message_id, 221)
@@ -347,17 +349,17 @@ class NNTPConnection:
             raise error_for(response.code, response.text, "DATE")
         return response.text
 
-    async def _article_data(self, verb: str, message_id: str, ok: int) -> bytes | None:
+    async def _article_data(self, verb: str, message_id: str, ok: int, stuffed: bool = False) -> bytes | None:
         _check_message_id(message_id)
         doing = f"{verb} {message_id}"
-        return await self._call(doing, self._article_command, verb, message_id, ok, doing)
+        return await self._call(doing, self._article_command, verb, message_id, ok, doing, stuffed)
 
-    def _article_command(self, verb: str, message_id: str, ok: int, doing: str) -> bytes | None:
+    def _article_command(self, verb: str, message_id: str, ok: int, doing: str, stuffed: bool) -> bytes | None:
         line = format_command(verb, message_id)
-        response = self._exchange(line, doing, timeout=self.config.body_timeout)
+        response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
         if response.code == 480 and self.config.user and not self.authenticated:
             self._authenticate()
-            response = self._exchange(line, doing, timeout=self.config.body_timeout)
+            response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
         if response.code != ok:
             raise error_for(response.code, response.text, doing)
         return response.data
@@ -425,14 +427,14 @@ class NNTPConnection:
 
     # ------------------------------------------------ worker-thread plumbing
     def _exchange(self, data: bytes | list[bytes], doing: str,
-                  timeout: float | None = None) -> Response:
+                  timeout: float | None = None, stuffed: bool = False) -> Response:
         """Send `data` and read exactly one response. Anything that goes wrong in
         between leaves the stream in an unknown state, so the connection is dropped."""
         if self.broken:
             raise E.ConnectionBroken(f"{doing}: connection already closed")
         try:
             self._send(data, doing)
-            return self._read_response(doing, timeout)
+            return self._read_response(doing, timeout, stuffed)
         except BaseException:
             self.broken = True
             raise
@@ -463,7 +465,7 @@ class NNTPConnection:
             finally:
                 view.release()
 
-    def _read_response(self, doing: str, timeout: float | None = None) -> Response:
+    def _read_response(self, doing: str, timeout: float | None = None, stuffed: bool = False) -> Response:
         """Read one response; `response_timeout` bounds each silence, `timeout` the whole."""
         reader, sock, recv = self._reader, self._sock, self._recv
         if sock is None:
@@ -471,7 +473,7 @@ class NNTPConnection:
         response_timeout = self.config.response_timeout
         deadline = time.monotonic() + (timeout or response_timeout)
         while True:
-            response = reader.next_response()
+            response = reader.next_response(stuffed=stuffed)
             if response is not None:
                 return response
             view = reader.writable(_RECEIVE_CHUNK)

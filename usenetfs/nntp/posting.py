@@ -81,7 +81,8 @@ class ArticlePoster:
                     await self.post(message_id, article, dot_free=dot_free)
                 except E.DuplicateArticle:
                     log.info("%s was already on the server; checking it by BODY", message_id)
-            if await self.verify(message_id, expected):
+            # A dot-free body reads back the same stuffed or not: skip the un-stuffing scan.
+            if await self.verify(message_id, expected, stuffed=dot_free):
                 return PostResult(message_id, gen, reposts, found_first)
             log.warning("%s did not appear on the server; posting it under a new id", message_id)
             reposts += 1
@@ -113,9 +114,10 @@ class ArticlePoster:
     async def _has(self, message_id: str) -> bool:
         return await self.client.stat(message_id)
 
-    async def verify(self, message_id: str, expected_body: bytes | None = None) -> bool:
-        """True once BODY returns the article (equal to `expected_body` if given)."""
-        body = await self.fetch_when_ready(message_id)
+    async def verify(self, message_id: str, expected_body: bytes | None = None, *, stuffed: bool = False) -> bool:
+        """True once BODY returns the article (equal to `expected_body` if given;
+        `stuffed`: compare the body as it came, see NNTPConnection.body)."""
+        body = await self.fetch_when_ready(message_id, stuffed=stuffed)
         if body is None:
             return False
         if expected_body is not None and body != expected_body:
@@ -123,7 +125,7 @@ class ArticlePoster:
             return False
         return True
 
-    async def fetch_when_ready(self, message_id: str) -> bytes | None:
+    async def fetch_when_ready(self, message_id: str, *, stuffed: bool = False) -> bytes | None:
         """BODY after the propagation delay, retried with backoff while it answers 430.
 
         None means missing after every try; network trouble raises instead, since it
@@ -133,7 +135,7 @@ class ArticlePoster:
         await trio.sleep(options.delay)
         for attempt in range(options.tries):
             try:
-                return await self.client.body(message_id)
+                return await self.client.body(message_id, stuffed=stuffed)
             except E.ArticleNotFound:
                 if attempt + 1 < options.tries:
                     await trio.sleep(options.interval * (2 ** attempt))

@@ -191,7 +191,17 @@ class ResponseReader:
             code, text, block_start = self._pending
             self._pending = (code, text, block_start - shift)
 
-    def next_response(self) -> Response | None:
+    def next_response(self, *, stuffed: bool = False) -> Response | None:
+        """The next complete response, or None until more bytes arrive.
+
+        `stuffed=True` (for a consumer that un-stuffs by itself, such as sabctools' yEnc
+        decoder) returns a data block as it came, dot-stuffing and all, and finds its end
+        by looking at the tail only: commands go one at a time, so a block can only end
+        where the received bytes end, and stuffing guarantees that CRLF "." CRLF occurs
+        nowhere else. That saves the scan of every byte (~0.4 ms of GIL per 740 KB body;
+        bytes.find runs at ~1.6 GB/s here). A server that sent anything after the block
+        would go unnoticed until the next response's status line failed to parse.
+        """
         if self._pending is None:
             eol = self._buf.find(b"\r\n", self._start, self._end)
             if eol < 0:
@@ -205,6 +215,8 @@ class ResponseReader:
             self._pending = (code, text, eol + 2)
             self._scan_from = eol + 2
         code, text, block_start = self._pending
+        if stuffed:
+            return self._tail_block(code, text, block_start)
         # One pass finds both the terminator (CRLF "." CRLF) and stuffed lines (CRLF "."
         # followed by anything else); yEnc bodies have none of the latter, so the common
         # case is a single scan and a single copy.
@@ -232,6 +244,17 @@ class ResponseReader:
         data = dot_unstuff(block) if self._stuffed else bytes(block)
         block.release()
         self._finish(hit + 5)
+        return Response(code, text, data)
+
+    def _tail_block(self, code: int, text: str, block_start: int) -> Response | None:
+        buf, end = self._buf, self._end
+        if end - block_start >= 3 and buf[block_start:block_start + 3] == b".\r\n":
+            self._finish(block_start + 3)  # an empty block
+            return Response(code, text, b"")
+        if end - block_start < 5 or buf[end - 5:end] != b"\r\n.\r\n":
+            return None
+        data = bytes(memoryview(buf)[block_start:end - 3])
+        self._finish(end)
         return Response(code, text, data)
 
     def _finish(self, new_start: int) -> None:

@@ -23,7 +23,7 @@ import trio
 from ..errors import UserError, user_error_behind
 from ..index.mirror import Mirror
 from ..mountd import (EXIT_MOUNT_FAILED, MountRequest, _remove, _sd_notify, _signal_ready, _terminate_on_signal,
-                      raise_readahead, read_request, serve_control)
+                      announce_when_initialized, read_request, serve_control)
 from ..nntp.client import NNTPClient, PoolOptions
 from ..nntp.config import ServerConfig
 from ..store.keyed import KeyedSegmentStore
@@ -114,13 +114,17 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
                     nursery.start_soon(data.run)
                     await nursery.start(serve_control, sub.control_socket, _session, control)
                     nursery.start_soon(_terminate_on_signal)
-                    nursery.start_soon(raise_readahead, request.mountpoint)
                     if share.poll:
                         nursery.start_soon(_poll, control, share.poll)
-                    _signal_ready(ready_fd, "ok")
-                    ready_fd = None
-                    if request.notify_systemd:
-                        _sd_notify(b"READY=1")
+
+                    def ready() -> None:
+                        nonlocal ready_fd
+                        _signal_ready(ready_fd, "ok")
+                        ready_fd = None
+                        if request.notify_systemd:
+                            _sd_notify(b"READY=1")
+
+                    nursery.start_soon(announce_when_initialized, operations, request.mountpoint, ready)
                     await pyfuse3.main()
                     await operations.close()
                     nursery.cancel_scope.cancel()

@@ -48,7 +48,7 @@ class KeyedSegmentStore:
         key, locator = secret
         ident = data_ident(seg, scope_id)
         try:
-            body = await self.client.body(f"<{locator}@{self.domain}>")
+            body = await self.client.body(f"<{locator}@{self.domain}>", stuffed=True)  # yEnc un-stuffs
         except ArticleNotFound:
             raise SegmentUnavailable(seg.id, "article not found", missing=True) from None
         return await trio.to_thread.run_sync(decoded_payload, seg, lambda: self._decode(key, ident, body),

@@ -80,7 +80,7 @@ class NNTPSegmentStore:
         byte, and our re-encoding has a fresh nonce, so a resumed upload would always
         abandon a perfectly good article and post the next generation."""
         try:
-            body = await self.client.body(self.keys.message_id(ident, seg.generation))
+            body = await self.client.body(self.keys.message_id(ident, seg.generation), stuffed=True)
         except ArticleNotFound:
             return None
         try:
@@ -126,7 +126,8 @@ class NNTPSegmentStore:
         ident = data_ident(seg, scope_id)
         message_id = self.keys.message_id(ident, seg.generation)
         try:
-            body = await self.client.body(message_id)
+            # Dot-stuffing is left to the yEnc decoder (sabctools), saving a scan per body.
+            body = await self.client.body(message_id, stuffed=True)
         except ArticleNotFound:
             raise SegmentUnavailable(
                 seg.id, f"article not found (generation {seg.generation})", missing=True
