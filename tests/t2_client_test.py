@@ -2,6 +2,7 @@
 
 import functools
 import os
+import threading
 import uuid
 
 import pytest
@@ -71,6 +72,16 @@ async def test_large_body_and_missing_article(inn):
         await conn.post(make_article(dotted_id, b".starts with a dot\r\n..two\r\nplain\r\n"))
         assert await conn.body(dotted_id) == b".starts with a dot\r\n..two\r\nplain\r\n"
         assert await conn.body(dotted_id, stuffed=True) == b"..starts with a dot\r\n...two\r\nplain\r\n"
+        # then(): runs on the body in the worker thread; what it raises does not break the
+        # connection (the exchange itself went fine).
+        same, thread = await conn.body(message_id, then=lambda got: (got == body, threading.get_ident()))
+        assert same and thread != threading.get_ident()
+
+        def refuse(got):
+            raise ValueError("not what I wanted")
+        with pytest.raises(ValueError):
+            await conn.body(message_id, then=refuse)
+        assert not conn.broken and await conn.body(message_id) == body
 
 
 async def test_duplicate_post_is_recognised(inn):

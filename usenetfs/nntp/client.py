@@ -51,9 +51,9 @@ class NNTPClient:
         return await self.retrier.run(lambda conn: conn.post(article, dot_free=dot_free), what="POST",
                                       kind="post", nbytes=len(article), counts_as_article=True)
 
-    async def body(self, message_id: str, *, stuffed: bool = False) -> bytes:
-        """BODY with retries (`stuffed`: see NNTPConnection.body)."""
-        return await self.retrier.run(lambda conn: conn.body(message_id, stuffed=stuffed),
+    async def body(self, message_id: str, *, stuffed: bool = False, then=None):
+        """BODY with retries (`stuffed`, `then`: see NNTPConnection.body)."""
+        return await self.retrier.run(lambda conn: conn.body(message_id, stuffed=stuffed, then=then),
                                       what=f"BODY {message_id}", kind="body")
 
     async def stat(self, message_id: str) -> bool:

@@ -300,11 +300,15 @@ class NNTPConnection:
             raise error_for(response.code, response.text, "POST")
         return accepted_message_id(response.text)
 
-    async def body(self, message_id: str, *, stuffed: bool = False) -> bytes:
+    async def body(self, message_id: str, *, stuffed: bool = False, then=None):
         """The body of an article, un-stuffed, every line ending in CRLF. `stuffed=True`:
         as it came, dot-stuffing and all, for a consumer that un-stuffs by itself (yEnc
-        through sabctools), which saves a scan of every byte (protocol.ResponseReader)."""
-        return await self._article_data("BODY", message_id, 222, stuffed)
+        through sabctools), which saves a scan of every byte (protocol.ResponseReader).
+
+        `then(body)`, if given, runs in the worker thread that received the body, and its
+        result (or exception) is what this returns: a decoder handed the body there saves
+        a round trip through the trio thread and another worker thread per article."""
+        return await self._article_data("BODY", message_id, 222, stuffed, then)
 
     async def head(self, message_id: str) -> bytes:
         return await self._article_data("HEAD", message_id, 221)
@@ -349,12 +353,12 @@ class NNTPConnection:
             raise error_for(response.code, response.text, "DATE")
         return response.text
 
-    async def _article_data(self, verb: str, message_id: str, ok: int, stuffed: bool = False) -> bytes | None:
+    async def _article_data(self, verb: str, message_id: str, ok: int, stuffed: bool = False, then=None):
         _check_message_id(message_id)
         doing = f"{verb} {message_id}"
-        return await self._call(doing, self._article_command, verb, message_id, ok, doing, stuffed)
+        return await self._call(doing, self._article_command, verb, message_id, ok, doing, stuffed, then)
 
-    def _article_command(self, verb: str, message_id: str, ok: int, doing: str, stuffed: bool) -> bytes | None:
+    def _article_command(self, verb: str, message_id: str, ok: int, doing: str, stuffed: bool, then=None):
         line = format_command(verb, message_id)
         response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
         if response.code == 480 and self.config.user and not self.authenticated:
@@ -362,7 +366,7 @@ class NNTPConnection:
             response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
         if response.code != ok:
             raise error_for(response.code, response.text, doing)
-        return response.data
+        return response.data if then is None else then(response.data)
 
     # ------------------------------------------------------- trio <-> thread
     async def _call(self, doing: str, fn, *args):

@@ -17,6 +17,7 @@ the ~1 ms it blocks the loop is rare; the first generation is encoded in a worke
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import trio
@@ -60,6 +61,8 @@ class NNTPSegmentStore:
         self.cipher = cipher
         self.pad_to = pad_to(pad)
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(2)
+        # Decodes running in connection threads (get): as many at once as the limiter allows.
+        self.decoding = threading.BoundedSemaphore(int(self.limiter.total_tokens))
         self.poster = poster if poster is not None else ArticlePoster(client, verify)
 
     def _encode(self, ident, payload) -> EncodedSegment:
@@ -125,15 +128,18 @@ class NNTPSegmentStore:
     async def get(self, seg: SegmentRow, scope_id: bytes) -> bytes:
         ident = data_ident(seg, scope_id)
         message_id = self.keys.message_id(ident, seg.generation)
+        def decode(body: bytes) -> bytes:
+            with self.decoding:  # bounded like the codec limiter, in the connection's thread
+                return decoded_payload(seg, lambda: self._decode(ident, body))
+
         try:
-            # Dot-stuffing is left to the yEnc decoder (sabctools), saving a scan per body.
-            body = await self.client.body(message_id, stuffed=True)
+            # Dot-stuffing is left to the yEnc decoder (sabctools), saving a scan per body;
+            # decoding runs in the thread that received the body (one hand-off less each way).
+            return await self.client.body(message_id, stuffed=True, then=decode)
         except ArticleNotFound:
             raise SegmentUnavailable(
                 seg.id, f"article not found (generation {seg.generation})", missing=True
             ) from None
-        return await trio.to_thread.run_sync(decoded_payload, seg, lambda: self._decode(ident, body),
-                                             limiter=self.limiter)
 
 
 __all__ = ["NNTPSegmentStore"]
