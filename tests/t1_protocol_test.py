@@ -7,6 +7,7 @@ from usenetfs.errors import UserError
 from usenetfs.nntp.config import parse_server_url
 from usenetfs.nntp.connection import error_for
 from usenetfs.nntp import errors as E
+from usenetfs.nntp.posting import article_body, same_body
 from usenetfs.nntp.protocol import (
     ResponseReader,
     accepted_message_id,
@@ -14,6 +15,7 @@ from usenetfs.nntp.protocol import (
     dot_stuff,
     dot_unstuff,
     encode_block,
+    encode_parts,
     format_command,
     is_too_many_connections,
     parse_status,
@@ -100,6 +102,35 @@ def test_a_stuffed_block_keeps_its_dots():
     assert reader.next_response(stuffed=True) is None  # no terminator yet
     reader.feed(b".\r\n")
     assert reader.next_response(stuffed=True).data == b"..leading dot\r\nplain\r\n...\r\n"
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\0", b"").lstrip(b".")), max_size=6))
+def test_an_article_in_pieces_goes_out_as_the_same_block(pieces):
+    """encode_parts of dot-free pieces: the same bytes on the wire as encode_block of their
+    concatenation, the pieces themselves (no join); pieces that need stuffing are joined."""
+    pieces = [p.replace(b"\n.", b"\nx") for p in pieces]
+    joined = b"".join(pieces)
+    if joined.startswith(b".") or b"\r\n." in joined:
+        return  # not dot-free: the caller would not promise it
+    out = encode_parts(pieces, dot_free=True)
+    assert b"".join(out) == b"".join(encode_block(joined))
+    assert all(any(part is piece for piece in pieces) for part in out[:-1])
+    dotted = [b"a\r\n", b".b\r\n"]
+    assert b"".join(encode_parts(dotted)) == b"".join(encode_block(b"a\r\n.b\r\n"))  # stuffed
+    with pytest.raises(ValueError):
+        encode_parts([b"ok\r\n", b"n\0l\r\n"], dot_free=True)
+
+
+def test_read_back_bodies_are_compared_piece_by_piece():
+    pieces = (b"=ybegin\r\n", b"data", b"\r\n=yend\r\n")
+    assert same_body(b"=ybegin\r\ndata\r\n=yend\r\n", pieces)
+    assert not same_body(b"=ybegin\r\ndatA\r\n=yend\r\n", pieces)
+    assert not same_body(b"=ybegin\r\ndata\r\n=yend\r\nx", pieces)
+    assert not same_body(b"=ybegin\r\ndata\r\n=yend", pieces)
+    assert article_body((b"H: v\r\n\r\n", *pieces)) == pieces
+    assert article_body(b"H: v\r\n\r\nbody\r\n") == b"body\r\n"
+    with pytest.raises(ValueError):
+        article_body((b"H: v\r\n", b"body\r\n"))  # no blank line after the headers
 
 
 @given(lines)

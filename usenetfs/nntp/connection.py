@@ -38,6 +38,7 @@ from .protocol import (
     ResponseReader,
     accepted_message_id,
     encode_block,
+    encode_parts,
     format_command,
     is_too_many_connections,
 )
@@ -279,8 +280,9 @@ class NNTPConnection:
         self._load_capabilities()
 
     # --------------------------------------------------------------- commands
-    async def post(self, article: bytes | memoryview, *, dot_free: bool = False) -> str | None:
-        """POST a complete article (headers, blank line, body; CRLF lines).
+    async def post(self, article, *, dot_free: bool = False) -> str | None:
+        """POST a complete article (headers, blank line, body; CRLF lines): bytes, or a
+        sequence of bytes sent one after another (no 740 KB join).
 
         `dot_free`: the caller guarantees no line starts with '.' (see encode_block).
         Returns the Message-ID the server named in its 240 answer, or None if it named
@@ -288,10 +290,13 @@ class NNTPConnection:
         """
         return await self._call("POST", self._post, article, dot_free)
 
-    def _post(self, article: bytes | memoryview, dot_free: bool) -> str | None:
-        # Validated (and copied) here in the worker thread, before anything is sent: a
-        # ValueError leaves the connection in step.
-        block = encode_block(article, dot_free=dot_free)
+    def _post(self, article, dot_free: bool) -> str | None:
+        # Validated (and copied if it must be stuffed) here in the worker thread, before
+        # anything is sent: a ValueError leaves the connection in step.
+        if isinstance(article, (bytes, bytearray, memoryview)):
+            block = encode_block(article, dot_free=dot_free)
+        else:
+            block = encode_parts(article, dot_free=dot_free)
         response = self._exchange(format_command("POST"), "POST")
         if response.code != 340:
             raise error_for(response.code, response.text, "POST")

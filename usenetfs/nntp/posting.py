@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Callable
 
 import trio
@@ -27,8 +28,11 @@ from .connection import NNTPConnection
 
 log = logging.getLogger(__name__)
 
-# Builds the complete article for a generation: (message_id, article bytes).
-ArticleMaker = Callable[[int], tuple[str, bytes]]
+# An article: bytes, or a sequence of bytes whose first item is the header block (ending
+# with the blank line) and the rest the body in pieces, sent and compared without joining.
+Article = bytes | Sequence[bytes]
+# Builds the complete article for a generation: (message_id, article).
+ArticleMaker = Callable[[int], tuple[str, Article]]
 
 
 class ArticleLost(E.TemporaryError):
@@ -51,12 +55,36 @@ class PostResult:
     already_there: bool  # it was found before we (re-)posted it
 
 
-def article_body(article: bytes) -> bytes:
-    """The body part of a complete article: what BODY returns."""
+def article_body(article: Article) -> bytes | Sequence[bytes]:
+    """The body part of a complete article (what BODY returns): bytes, or the body's
+    pieces for an article given in pieces."""
+    if not isinstance(article, (bytes, bytearray)):
+        if not article or not bytes(article[0]).endswith(b"\r\n\r\n"):
+            raise ValueError("an article needs headers, a blank line and a body")
+        return tuple(article[1:])
     head_end = article.find(b"\r\n\r\n")
     if head_end < 0:
         raise ValueError("an article needs headers, a blank line and a body")
     return article[head_end + 4:]
+
+
+def article_size(article: Article) -> int:
+    return len(article) if isinstance(article, (bytes, bytearray)) else sum(map(len, article))
+
+
+def same_body(body: bytes, expected: bytes | Sequence[bytes]) -> bool:
+    """Is `body` exactly `expected` (bytes, or pieces laid end to end)? Pieces are
+    compared in place (startswith at an offset is a memcmp), never joined."""
+    if isinstance(expected, (bytes, bytearray)):
+        return body == expected
+    if len(body) != sum(map(len, expected)):
+        return False
+    offset = 0
+    for piece in expected:
+        if not body.startswith(piece, offset):
+            return False
+        offset += len(piece)
+    return True
 
 
 class ArticlePoster:
@@ -89,7 +117,7 @@ class ArticlePoster:
             may_exist = False
         raise ArticleLost(f"article not readable after {self.options.max_generations} ids")
 
-    async def post(self, message_id: str, article: bytes, *, dot_free: bool = False) -> None:
+    async def post(self, message_id: str, article: Article, *, dot_free: bool = False) -> None:
         """POST through the retry manager; after a connection died mid-post, look first."""
         maybe_landed = False
 
@@ -109,18 +137,19 @@ class ArticlePoster:
                     "Message-IDs, which usenetfs cannot use", 240, accepted)
 
         await self.client.run(attempt, what=f"POST {message_id}", kind="post",
-                              nbytes=len(article), counts_as_article=True)
+                              nbytes=article_size(article), counts_as_article=True)
 
     async def _has(self, message_id: str) -> bool:
         return await self.client.stat(message_id)
 
-    async def verify(self, message_id: str, expected_body: bytes | None = None, *, stuffed: bool = False) -> bool:
+    async def verify(self, message_id: str, expected_body: bytes | Sequence[bytes] | None = None, *,
+                     stuffed: bool = False) -> bool:
         """True once BODY returns the article (equal to `expected_body` if given;
         `stuffed`: compare the body as it came, see NNTPConnection.body)."""
         body = await self.fetch_when_ready(message_id, stuffed=stuffed)
         if body is None:
             return False
-        if expected_body is not None and body != expected_body:
+        if expected_body is not None and not same_body(body, expected_body):
             log.warning("%s: the server returned a different body", message_id)
             return False
         return True

@@ -83,6 +83,21 @@ def dot_unstuff(block: bytes | bytearray | memoryview) -> bytes:
     return data
 
 
+def encode_parts(parts, *, dot_free: bool = False) -> list[bytes]:
+    """`encode_block` of the concatenation of `parts` (a sequence of bytes), without
+    concatenating them when `dot_free` (the caller's guarantee: no line starts with a dot,
+    nor does any part, except right after a part that does not end a line): the parts
+    themselves, then the terminator. Saves a 740 KB copy per article."""
+    if not dot_free:
+        return encode_block(b"".join(parts))
+    parts = [bytes(p) for p in parts if len(p)]  # bytes(bytes) is no copy
+    if any(b"\0" in p for p in parts):
+        raise ValueError("articles must not contain NUL bytes")
+    if not parts:
+        return [b".\r\n"]
+    return [*parts, b".\r\n" if parts[-1].endswith(b"\r\n") else b"\r\n.\r\n"]
+
+
 def encode_block(data: bytes | memoryview, *, dot_free: bool = False) -> list[bytes]:
     """A data block ready to send after 340, as buffers to send in order: the stuffed
     data (the caller's own bytes when no line starts with a dot), and the terminator.
