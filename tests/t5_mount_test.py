@@ -169,6 +169,29 @@ def test_cp_and_rsync_round_trip_through_the_server(volume, tmp_path):
     assert again.stdout.strip() == ""
 
 
+def test_a_big_file_streams_out_while_it_is_being_written(volume, tmp_path):
+    """stream_segments (8 by default): segments of a file still open for writing, and
+    written all the time (never idle long enough to be uploaded as an idle file), are
+    posted and verified before it is closed; byte-exact from the server afterwards."""
+    import json
+    content = os.urandom(14 * 716_800 + 12_345)
+    with open(volume.mountpoint / "growing.bin", "wb") as f:
+        f.write(content[:12 * 716_800])
+        position = 12 * 716_800
+        deadline = time.monotonic() + 30
+        while json.loads(volume.run("status", "--json").stdout)[0]["segments"]["verified"] < 8:
+            assert time.monotonic() < deadline, "nothing was streamed while the file was written"
+            f.write(content[position:position + 4096])  # keep writing: never idle
+            f.flush()
+            position += 4096
+            time.sleep(0.1)
+        f.write(content[position:])
+    volume.umount()
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+    assert (volume.mountpoint / "growing.bin").read_bytes() == content
+
+
 def test_editor_save_pattern_and_rename_over_open_file(volume):
     target = volume.mountpoint / "doc.txt"
     target.write_text("version 1\n")

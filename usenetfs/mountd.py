@@ -160,7 +160,8 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             # holds no connection: keep many in flight so the pool stays busy posting.
             data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
                             staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes,
-                            upload_concurrency=max(16, 8 * pool.max_connections))
+                            upload_concurrency=max(16, 8 * pool.max_connections),
+                            stream_segments=settings.stream_segments)
             recovered = await data.recover()
             if recovered:
                 log.info("resuming the upload of %d files left by an earlier run", recovered)
