@@ -170,10 +170,15 @@ def test_cp_and_rsync_round_trip_through_the_server(volume, tmp_path):
 
 
 def test_a_big_file_streams_out_while_it_is_being_written(volume, tmp_path):
-    """stream_segments (8 by default): segments of a file still open for writing, and
+    """A volume with stream_segments set: segments of a file still open for writing, and
     written all the time (never idle long enough to be uploaded as an idle file), are
     posted and verified before it is closed; byte-exact from the server afterwards."""
     import json
+    volume.umount()
+    settings_file = volume.home / "config/volumes/vol/volume.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**settings, "stream_segments": 8}))
+    volume.mount()
     content = os.urandom(14 * 716_800 + 12_345)
     with open(volume.mountpoint / "growing.bin", "wb") as f:
         f.write(content[:12 * 716_800])

@@ -57,9 +57,11 @@ class VolumeSettings:
     cache_bytes: int = 256 << 20
     staging_limit: int = 4 << 30
     # Upload a file still being written once this many whole segments past its uploaded
-    # part wait (0: only after close). Overlaps a big copy with its upload: cp + upload of
-    # 1 GiB 116-118 -> 127-128 MB/s here, cp itself 590 -> 360 MB/s (docs/performance.md).
-    stream_segments: int = 8
+    # part wait (0: only after it is closed or idle). Off by default: measurements disagree
+    # (docs/performance.md): cp + upload of 1 GiB 116-118 -> 127-128 MB/s with 8 on a quiet
+    # disk, 88 -> 80 MB/s with GBs of dirty pages being written back (bench_nyuu), and cp
+    # itself returns 40-80% slower.
+    stream_segments: int = 0
     learned_connection_limit: int | None = None
     last_backup: int = 0  # number of the newest index backup posted (usenetfs.backup)
     backup_settle_seconds: float = 60.0  # back up while mounted once changes have settled this long

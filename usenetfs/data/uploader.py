@@ -15,11 +15,12 @@ Owns when and how dirty files are uploaded:
   `clean_upto` up; the file stays dirty. So a big copy posts while it copies, and the job
   after the close uploads only the rest. (The staging file still holds the whole file
   until it is clean: streaming saves time, not staging space.) Off in FileData by default
-  (`stream_segments=0`); a mounted volume streams after 8 segments (VolumeSettings). Once
-  the per-article work on the trio thread shrank (articles posted in pieces), cp + upload
-  of 1 GiB went 116-118 -> 127-128 MB/s with it on this 2-core machine, cp itself
-  590 -> 360 MB/s (before that it made cp 5x slower for no gain). Dropping the streamed
-  prefix from staging (hole punching) would also bound staging for files larger than it.
+  (`stream_segments=0`, and in VolumeSettings, where a user can set it). Once the
+  per-article work on the trio thread shrank (articles posted in pieces), cp + upload of
+  1 GiB went 116-118 -> 127-128 MB/s with 8 on this 2-core machine and a quiet disk, but
+  88 -> 80 MB/s with GBs of dirty pages being written back, and cp returned 40-80% slower:
+  not a default yet. Dropping the streamed prefix from staging (hole punching) would also
+  bound staging for files larger than it.
 - Jobs. A released small file (< pack_threshold) with a known group is packed with the
   other released small files of the same group (the parent directory, so a shared folder
   never holds a segment with bytes from outside it) into one segment: each member gets
