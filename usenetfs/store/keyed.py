@@ -17,7 +17,7 @@ from ..codec.segment import SegmentCodec
 from ..index.rows import SegmentRow
 from ..nntp.client import NNTPClient
 from ..nntp.errors import ArticleNotFound
-from .base import PutResult, SegmentUnavailable, data_ident, decoded_payload, max_plaintext_for
+from .base import ConnectionThreadDecoder, PutResult, SegmentUnavailable, data_ident, max_plaintext_for
 
 
 class ReadOnlyStore(Exception):
@@ -36,6 +36,7 @@ class KeyedSegmentStore:
         self.cipher = cipher
         self.pad = pad
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(2)
+        self.decoding = ConnectionThreadDecoder(int(self.limiter.total_tokens))
 
     def _decode(self, key: bytes, ident, body: bytes) -> bytes:
         codec = SegmentCodec(key, cipher=self.cipher, pad_to=self.pad, max_plaintext=max_plaintext_for(self.pad))
@@ -48,11 +49,10 @@ class KeyedSegmentStore:
         key, locator = secret
         ident = data_ident(seg, scope_id)
         try:
-            body = await self.client.body(f"<{locator}@{self.domain}>", stuffed=True)  # yEnc un-stuffs
+            return await self.client.body(f"<{locator}@{self.domain}>", stuffed=True,  # yEnc un-stuffs
+                                          then=self.decoding.then(seg, lambda body: self._decode(key, ident, body)))
         except ArticleNotFound:
             raise SegmentUnavailable(seg.id, "article not found", missing=True) from None
-        return await trio.to_thread.run_sync(decoded_payload, seg, lambda: self._decode(key, ident, body),
-                                             limiter=self.limiter)
 
     async def put(self, seg: SegmentRow, scope_id: bytes, payload: bytes) -> PutResult:
         raise ReadOnlyStore("a share is read-only")

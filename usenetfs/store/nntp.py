@@ -17,7 +17,6 @@ the ~1 ms it blocks the loop is rare; the first generation is encoded in a worke
 
 from __future__ import annotations
 
-import threading
 import zlib
 
 import trio
@@ -32,7 +31,7 @@ from ..keys import VolumeKeys
 from ..nntp.client import NNTPClient
 from ..nntp.errors import ArticleNotFound
 from ..nntp.posting import ArticlePoster, VerifyOptions
-from .base import PutResult, SegmentUnavailable, data_ident, decoded_payload, make_codec, pad_to
+from .base import ConnectionThreadDecoder, PutResult, SegmentUnavailable, data_ident, make_codec, pad_to
 
 
 class NNTPSegmentStore:
@@ -61,8 +60,7 @@ class NNTPSegmentStore:
         self.cipher = cipher
         self.pad_to = pad_to(pad)
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(2)
-        # Decodes running in connection threads (get): as many at once as the limiter allows.
-        self.decoding = threading.BoundedSemaphore(int(self.limiter.total_tokens))
+        self.decoding = ConnectionThreadDecoder(int(self.limiter.total_tokens))  # for get
         self.poster = poster if poster is not None else ArticlePoster(client, verify)
 
     def _encode(self, ident, payload) -> EncodedSegment:
@@ -129,14 +127,11 @@ class NNTPSegmentStore:
     async def get(self, seg: SegmentRow, scope_id: bytes) -> bytes:
         ident = data_ident(seg, scope_id)
         message_id = self.keys.message_id(ident, seg.generation)
-        def decode(body: bytes) -> bytes:
-            with self.decoding:  # bounded like the codec limiter, in the connection's thread
-                return decoded_payload(seg, lambda: self._decode(ident, body))
-
         try:
             # Dot-stuffing is left to the yEnc decoder (sabctools), saving a scan per body;
             # decoding runs in the thread that received the body (one hand-off less each way).
-            return await self.client.body(message_id, stuffed=True, then=decode)
+            return await self.client.body(message_id, stuffed=True,
+                                          then=self.decoding.then(seg, lambda body: self._decode(ident, body)))
         except ArticleNotFound:
             raise SegmentUnavailable(
                 seg.id, f"article not found (generation {seg.generation})", missing=True
