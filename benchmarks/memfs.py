@@ -17,7 +17,7 @@ import pyfuse3
 import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from usenetfs.mountd import announce_when_initialized  # noqa: E402
+from usenetfs.mountd import raise_readahead  # noqa: E402
 
 
 class MemFS(pyfuse3.Operations):
@@ -33,7 +33,7 @@ class MemFS(pyfuse3.Operations):
         self.next_inode = pyfuse3.ROOT_INODE + 1
 
     def init(self) -> None:
-        self.initialized.set()  # INIT is being answered (see mountd.announce_when_initialized)
+        self.initialized.set()  # INIT is being answered (see announce in main)
 
     @staticmethod
     def _attr(mode: int, now: int) -> dict:
@@ -136,13 +136,15 @@ def main() -> None:
     operations = MemFS()
     pyfuse3.init(operations, mountpoint, options)
 
-    def ready() -> None:
+    async def announce() -> None:  # as usenetfs's mountd.announce_when_initialized
+        await operations.initialized.wait()
+        raise_readahead(mountpoint)
         if ready_file:
             open(ready_file, "w").close()
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(announce_when_initialized, operations, mountpoint, ready)
+            nursery.start_soon(announce)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 

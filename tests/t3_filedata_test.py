@@ -664,13 +664,18 @@ async def test_concurrent_reads_fetch_each_segment_once(index, keys, tmp_path):
         assert sorted(store.gets.values()) == [1, 1, 1, 1]
 
 
-async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
+async def uploaded_file(index, keys, tmp_path, segments: int = 12):
+    """(store counting its gets, content, inode, first segment) of a file already uploaded."""
     store = GatedStore(tmp_path / "store", keys)
-    content = os.urandom(12 * SEG)
+    content = os.urandom(segments * SEG)
     async with mounted(index, store, tmp_path / "cache") as fs:
         ino = await fs.write_file(b"f", content)
         await fs.data.flush_all()
-    first = index.extents(ino)[0].segment
+    return store, content, ino, index.extents(ino)[0].segment
+
+
+async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path)
     async with mounted(index, store, tmp_path / "cache2", readahead_bytes=4 * SEG) as fs:
         assert await fs.read(ino, 0, 32 * 1024) == content[: 32 * 1024]
         assert await fs.read(ino, 32 * 1024, 32 * 1024) == content[32 * 1024 : 64 * 1024]
@@ -685,12 +690,7 @@ async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
 async def test_reads_of_one_stream_that_finish_out_of_order_keep_the_read_ahead(index, keys, tmp_path):
     """The kernel has two reads of a sequential reader in flight; the later one may finish
     first. That must not count as random access (which stops read-ahead)."""
-    store = GatedStore(tmp_path / "store", keys)
-    content = os.urandom(12 * SEG)
-    async with mounted(index, store, tmp_path / "cache") as fs:
-        ino = await fs.write_file(b"f", content)
-        await fs.data.flush_all()
-    first = index.extents(ino)[0].segment
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path)
     async with mounted(index, store, tmp_path / "cache2", readahead_bytes=4 * SEG) as fs:
         chunk = SEG // 2
         assert await fs.read(ino, 0, chunk) == content[:chunk]

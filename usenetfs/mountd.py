@@ -200,15 +200,8 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                                        backed_up, operations)
                     await nursery.start(serve_control, volume.control_socket, _control_session, control)
                     nursery.start_soon(_terminate_on_signal)
-
-                    def ready() -> None:
-                        nonlocal ready_fd
-                        _signal_ready(ready_fd, "ok")
-                        ready_fd = None
-                        if request.notify_systemd:
-                            _sd_notify(b"READY=1")
-
-                    nursery.start_soon(announce_when_initialized, operations, request.mountpoint, ready)
+                    nursery.start_soon(announce_when_initialized, operations, request, ready_fd)
+                    ready_fd = None  # announce_when_initialized reports from here on
                     await pyfuse3.main()
                     # Unmounted: release what the kernel still held, then stop the uploads;
                     # what is not posted stays staged and resumes at the next mount.
@@ -522,14 +515,16 @@ async def _terminate_on_signal() -> None:
 INIT_TIMEOUT = 5.0  # announce the mount anyway if the kernel's INIT has not come by then
 
 
-async def announce_when_initialized(operations, mountpoint: str, ready: Callable[[], None]) -> None:
-    """Call `ready()` (the mount command returns, systemd hears READY=1) once the kernel's
-    FUSE INIT has been answered and the read-ahead raised: a file opened before that keeps
-    the 128 KiB read-ahead it was opened with, which halves its sequential reads."""
+async def announce_when_initialized(operations, request: MountRequest, ready_fd: int | None) -> None:
+    """Tell the mount command (`ready_fd`) and systemd (if asked) that the mount is ready, once
+    the kernel's FUSE INIT has been answered and the read-ahead raised: a file opened before
+    that keeps the 128 KiB read-ahead it was opened with, which halves its sequential reads."""
     with trio.move_on_after(INIT_TIMEOUT):
         await operations.initialized.wait()
-    raise_readahead(mountpoint)
-    ready()
+    raise_readahead(request.mountpoint)
+    _signal_ready(ready_fd, "ok")
+    if request.notify_systemd:
+        _sd_notify(b"READY=1")
 
 
 def raise_readahead(mountpoint: str) -> None:

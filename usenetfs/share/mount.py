@@ -22,7 +22,7 @@ import trio
 
 from ..errors import UserError, user_error_behind
 from ..index.mirror import Mirror
-from ..mountd import (EXIT_MOUNT_FAILED, MountRequest, _remove, _sd_notify, _signal_ready, _terminate_on_signal,
+from ..mountd import (EXIT_MOUNT_FAILED, MountRequest, _remove, _signal_ready, _terminate_on_signal,
                       announce_when_initialized, read_request, serve_control)
 from ..nntp.client import NNTPClient, PoolOptions
 from ..nntp.config import ServerConfig
@@ -116,15 +116,8 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
                     nursery.start_soon(_terminate_on_signal)
                     if share.poll:
                         nursery.start_soon(_poll, control, share.poll)
-
-                    def ready() -> None:
-                        nonlocal ready_fd
-                        _signal_ready(ready_fd, "ok")
-                        ready_fd = None
-                        if request.notify_systemd:
-                            _sd_notify(b"READY=1")
-
-                    nursery.start_soon(announce_when_initialized, operations, request.mountpoint, ready)
+                    nursery.start_soon(announce_when_initialized, operations, request, ready_fd)
+                    ready_fd = None  # announce_when_initialized reports from here on
                     await pyfuse3.main()
                     await operations.close()
                     nursery.cancel_scope.cancel()
