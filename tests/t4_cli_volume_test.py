@@ -28,6 +28,22 @@ def test_init_creates_a_volume_and_refuses_a_second(tmp_path):
     assert fsck.returncode == 0 and "clean" in fsck.stdout
 
 
+def test_fsck_and_cache_clear_refuse_a_volume_another_process_owns(tmp_path):
+    """fsck and cache clear take the volume's owner lock: while another process owns the
+    volume (a mount starting, `usenetfs sync` on the unmounted volume) they refuse with one
+    line instead of changing the index under it."""
+    from usenetfs.home import Home
+    from usenetfs.volume import Volume
+    home = tmp_path / "home"
+    assert _init(home, tmp_path).returncode == 0
+    volume = Volume(Home.resolve(str(home)), "vol")
+    with volume.exclusive("usenetfs sync (pid 12345)"):
+        for command in (("fsck", "vol"), ("cache", "clear", "vol")):
+            assert_one_line_error(usenetfs(*command, home=home), "in use by usenetfs sync (pid 12345)")
+    assert usenetfs("fsck", "vol", home=home).returncode == 0
+    assert usenetfs("cache", "clear", "vol", home=home).returncode == 0
+
+
 def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
     # `usenetfs ... | head`: stdout is a pipe nobody reads any more.
     read_end, write_end = os.pipe()

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -232,14 +234,18 @@ def _wait_for_exit(pid, seconds: float) -> None:
     raise UserError(f"the mount daemon (pid {pid}) is still running after {seconds:.0f} s")
 
 
-def _offline_volume(args, name: str) -> Volume:
+@contextmanager
+def _offline_volume(args, name: str, doing: str) -> Iterator[Volume]:
+    """The unmounted volume `name`, owned (Volume.exclusive) while the block runs: no mount
+    and no `usenetfs sync` can start meanwhile and change the index under our feet."""
     volume = Volume(_home(args), name)
     volume.load()
     info = volume.mount_info()
     if info:
         if process_alive(info.get("pid")):
             raise UserError(f"volume {name!r} is mounted at {info['mountpoint']}: unmount it first")
-    return volume
+    with volume.exclusive(f"usenetfs {doing} (pid {os.getpid()})"):
+        yield volume
 
 
 def _restore(args) -> int:
@@ -284,9 +290,13 @@ def _restore(args) -> int:
 
 
 def _cache_clear(args) -> int:
+    with _offline_volume(args, args.volume, "cache clear") as volume:
+        return _clear_cache(volume)
+
+
+def _clear_cache(volume: Volume) -> int:
     from ..data.staging import staged_inodes
     from ..index import Index
-    volume = _offline_volume(args, args.volume)
     if staged_inodes(volume.data_dir / "staging"):
         raise UserError("some files are not posted yet: mount the volume and let them upload first")
     index = Index.open(volume.index_file)
@@ -311,13 +321,17 @@ def _cache_clear(args) -> int:
 
 
 def _fsck(args) -> int:
+    with _offline_volume(args, args.volume, "fsck") as volume:
+        return _check(volume, repair=not args.no_repair)
+
+
+def _check(volume: Volume, *, repair: bool) -> int:
     from ..index import Index
-    volume = _offline_volume(args, args.volume)
     index = Index.open(volume.index_file)
     try:
         with Progress("fsck", unit="steps") as progress:
-            problems = index.fsck(repair=not args.no_repair, progress=progress.update)
-        if problems and not args.no_repair:
+            problems = index.fsck(repair=repair, progress=progress.update)
+        if problems and repair:
             with Progress("fsck (checking the repairs)", unit="steps") as progress:
                 remaining = index.fsck(repair=False, progress=progress.update)
         else:
