@@ -202,12 +202,14 @@ def collect_readdir(monkeypatch):
     return Token
 
 
-async def listdir(fs: FS, ino: int, collect, start: int = 0, room: int = 10_000):
+async def listdir(fs: FS, ino: int, collect, start: int = 0, room: int = 10_000, dots: bool = False):
+    """The entries readdir gives from cookie `start` with room for `room` of them, "." and
+    ".." left out unless `dots` (they come first, and take room)."""
     token = collect(room)
     fh = await fs.ops.opendir(ino, CTX)
     await fs.ops.readdir(fh, start, token)
     await fs.ops.releasedir(fh)
-    return list(token)
+    return [e for e in token if dots or e[0] not in (b".", b"..")]
 
 
 # --------------------------------------------------------------------- files
@@ -594,7 +596,7 @@ async def test_rmdir_and_unlink_rules(fs: FS):
 async def test_readdir_cookies_stay_valid_while_entries_change(fs: FS, collect_readdir):
     names = [b"f%03d" % i for i in range(40)]
     inos = {n: await fs.put(n, b"") for n in names}
-    first = await listdir(fs, ROOT_INODE, collect_readdir, room=15)
+    first = await listdir(fs, ROOT_INODE, collect_readdir, room=17)  # "." and ".." take two
     assert [e[0] for e in first] == names[:15]
     assert all(stat.S_ISREG(mode) for _, _, mode, _ in first)  # st_mode filled: d_type
     # readdir(plus) took one reference per entry the kernel accepted, and only those.
@@ -626,6 +628,32 @@ async def test_readdir_cookies_stay_valid_while_entries_change(fs: FS, collect_r
     for i in range(600):
         fs.ops.model.index.make_node(many.st_ino, b"m%04d" % i, stat.S_IFREG | 0o644, UID, GID)
     assert len(await listdir(fs, many.st_ino, collect_readdir)) == 600
+
+
+async def test_readdir_lists_dot_and_dotdot_first_and_counts_no_reference_for_them(fs: FS, collect_readdir):
+    d = await fs.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)
+    sub = await fs.ops.mkdir(d.st_ino, b"sub", 0o700, CTX)
+    await fs.ops.mknod(sub.st_ino, b"f", stat.S_IFREG | 0o644, 0, CTX)
+    before = (fs.lookups(sub.st_ino), fs.lookups(d.st_ino))
+    listing = await listdir(fs, sub.st_ino, collect_readdir, dots=True)
+    assert [(e[0], e[1]) for e in listing[:2]] == [(b".", sub.st_ino), (b"..", d.st_ino)]
+    assert stat.S_ISDIR(listing[0][2]) and stat.S_ISDIR(listing[1][2])
+    assert [e[0] for e in listing[2:]] == [b"f"]
+    assert [e[3] for e in listing] == sorted({e[3] for e in listing})  # increasing, unique
+    assert (fs.lookups(sub.st_ino), fs.lookups(d.st_ino)) == before  # the kernel takes none
+    # Resuming after "." gives ".." next; after "..", the entries.
+    assert [e[0] for e in await listdir(fs, sub.st_ino, collect_readdir, start=listing[0][3], dots=True)] == [b"..", b"f"]
+    assert [e[0] for e in await listdir(fs, sub.st_ino, collect_readdir, start=listing[1][3], dots=True)] == [b"f"]
+    root = await listdir(fs, ROOT_INODE, collect_readdir, room=2, dots=True)
+    assert [(e[0], e[1]) for e in root] == [(b".", ROOT_INODE), (b"..", ROOT_INODE)]
+    # A directory removed while open still lists (its "..": itself, it has no parent now).
+    fh = await fs.ops.opendir(sub.st_ino, CTX)
+    await fs.ops.unlink(sub.st_ino, b"f", CTX)
+    await fs.ops.rmdir(d.st_ino, b"sub", CTX)
+    token = collect_readdir(10)
+    await fs.ops.readdir(fh, 0, token)
+    await fs.ops.releasedir(fh)
+    assert [e[0] for e in token] == [b".", b".."]
 
 
 # --------------------------------------------------------------------- links

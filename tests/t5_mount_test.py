@@ -197,6 +197,19 @@ def test_a_big_file_streams_out_while_it_is_being_written(volume, tmp_path):
     assert (volume.mountpoint / "growing.bin").read_bytes() == content
 
 
+def test_ls_a_shows_dot_and_dotdot(volume):
+    (volume.mountpoint / "dir").mkdir()
+    (volume.mountpoint / "dir/file").write_bytes(b"x")
+    listed = subprocess.run(["ls", "-a", "-i", str(volume.mountpoint / "dir")], capture_output=True, text=True,
+                            check=True).stdout.split()
+    names = listed[1::2]
+    assert names == [".", "..", "file"]
+    inodes = dict(zip(names, map(int, listed[0::2])))
+    assert inodes["."] == (volume.mountpoint / "dir").stat().st_ino
+    assert inodes[".."] == volume.mountpoint.stat().st_ino
+    assert sorted(os.listdir(volume.mountpoint / "dir")) == ["file"]
+
+
 def test_editor_save_pattern_and_rename_over_open_file(volume):
     target = volume.mountpoint / "doc.txt"
     target.write_text("version 1\n")

@@ -168,6 +168,14 @@ class FsModel:
             return node.row
         return self.index.get_inode(ino)
 
+    def parent_row(self, ino: int) -> InodeRow:
+        """The attributes of the directory holding directory `ino` (the root's: its own; a
+        directory removed while open has no parent any more: its own too)."""
+        try:
+            return self.row(self.index.parent_of(ino))
+        except NotFound:
+            return self.row(ino)
+
     def view(self, row: InodeRow) -> InodeRow:
         """The row as reported: with the uid/gid/umask overrides applied."""
         if self.uid is None and self.gid is None and self.umask is None:

@@ -42,6 +42,9 @@ BLKSIZE = 1 << 20  # st_blksize: cp and friends size their buffers from it
 PiB = 1 << 50
 MAX_INODES = 1 << 32  # what statfs reports as the inode capacity
 READDIR_BATCH = 256
+# readdir cookies: "." is 1, ".." is 2, and a directory entry's is its (stable) dentry id
+# shifted past them.
+DOT_COOKIE, DOTDOT_COOKIE = 1, 2
 # Errors from the local disk (staging, cache) that mean something to the caller as they are.
 _PASSED_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
@@ -280,12 +283,20 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def readdir(self, fh: int, start_id: int, token) -> None:
         model = self.model
-        after = start_id
+        # "." and ".." first, as `ls -a` expects. The kernel takes no reference for them in
+        # a readdirplus listing (fuse_direntplus_link skips them): none is counted here.
+        if start_id < DOT_COOKIE and not pyfuse3.readdir_reply(token, b".", self.attributes(model.row(fh)),
+                                                               DOT_COOKIE):
+            return
+        if start_id < DOTDOT_COOKIE and not pyfuse3.readdir_reply(
+                token, b"..", self.attributes(model.parent_row(fh)), DOTDOT_COOKIE):
+            return
+        after = max(0, start_id - DOTDOT_COOKIE)
         while True:
             entries = model.readdir(fh, after, READDIR_BATCH)
             for cookie, name, row in entries:
                 # The cookie names the entry; the kernel passes it back to continue *after* it.
-                if not pyfuse3.readdir_reply(token, name, self.attributes(row), cookie):
+                if not pyfuse3.readdir_reply(token, name, self.attributes(row), cookie + DOTDOT_COOKIE):
                     return
                 model.remember_entry(fh, row)
                 after = cookie
