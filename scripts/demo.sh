@@ -38,4 +38,4 @@ else
     echo "round trip FAILED: checksums differ" >&2
     exit 1
 fi
-echo "the volume is mounted at $mnt; unmount with: $usenetfs umount $mnt"
+echo "the volume is mounted at $mnt; unmount with: $PWD/$usenetfs --home $USENETFS_HOME umount $mnt"
