@@ -21,6 +21,7 @@ import trio
 from ..errors import UserError
 from ..home import Home
 from ..nntp.config import parse_server_url
+from .arguments import positive_int
 
 DEFAULT_GROUP = "alt.binaries.test"
 
@@ -42,9 +43,9 @@ def register(commands) -> None:
                       help="test the servers of volume NAME (its password, CA file, group and connections)")
     test.add_argument("--password-file", metavar="FILE", help="read the password from FILE")
     test.add_argument("--ca-file", metavar="FILE", help="trust this CA or certificate file for TLS")
-    test.add_argument("--connections", type=_positive, metavar="N",
+    test.add_argument("--connections", type=positive_int, metavar="N",
                       help="pool size (default 4, or the volume's)")
-    test.add_argument("--articles", type=_positive, default=10, metavar="N", help="test articles (default 10)")
+    test.add_argument("--articles", type=positive_int, default=10, metavar="N", help="test articles (default 10)")
     test.add_argument("--group", metavar="G", help=f"newsgroup (default {DEFAULT_GROUP}, or the volume's)")
     test.add_argument("--json", action="store_true",
                       help="print the report as JSON (with --volume: a list, one per server)")
@@ -54,17 +55,6 @@ def register(commands) -> None:
                                 ("stop", _stop, "stop the local INN server"),
                                 ("status", _status, "is the local INN server running?")):
         actions.add_parser(name, help=text).set_defaults(handler=handler)
-
-
-def _positive(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _local_server(args):

@@ -25,6 +25,7 @@ from ..home import Home
 from ..process import process_alive
 from ..volume import DEFAULT_NAME, Volume, list_volumes, read_passphrase
 from ..sync.engine import SyncOptions
+from .arguments import positive_int
 from .progress import Progress, SyncProgress
 
 EXIT_PARTIAL = 1
@@ -73,25 +74,13 @@ def register(commands) -> None:
                       help="mounted volume: also wait until everything is posted and read back")
     sync.add_argument("--json", action="store_true",
                       help="print the counts as JSON (with the changes, given -n or -i)")
-    sync.add_argument("--batch-files", type=_positive, metavar="N", default=SyncOptions.batch_files,
+    sync.add_argument("--batch-files", type=positive_int, metavar="N", default=SyncOptions.batch_files,
                       help=f"files copied per index transaction (default {SyncOptions.batch_files})")
     sync.add_argument("--passphrase-file", metavar="F", help="read the passphrase from F (unmounted volume only)")
     sync.set_defaults(handler=_sync)
 
 
 # ---------------------------------------------------------------------- arguments
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
 
 def resolve_dest(home: Home, spec: str) -> tuple[Volume, str]:
     """(volume, path inside it) for DEST as the user wrote it."""
