@@ -72,6 +72,8 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path):
 def test_errors_are_one_exact_line(vol, tmp_path):
     home = vol["home"]
     nowhere = str(tmp_path / "nowhere")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
     cases = [
         (["status", nowhere], 1, f"no usenetfs volume of this home is mounted at {nowhere}"),
         (["flush", nowhere], 1, f"no usenetfs volume of this home is mounted at {nowhere}"),
@@ -87,6 +89,9 @@ def test_errors_are_one_exact_line(vol, tmp_path):
          "the passphrase is empty"),
         (["passwd", "vol", "--passphrase-file", vol["right"], "--new-passphrase-file", nowhere], 1,
          f"cannot read the passphrase file {nowhere}: No such file or directory"),
+        (["verify", "vol", "--passphrase-file", str(binary)], 1, f"the passphrase file {binary} is not text"),
+        (["server", "test", "nntp://127.0.0.1:9", "--password-file", str(binary)], 1,
+         f"the password file {binary} is not text"),
         (["server", "test", "--volume", "vol", "nntp://example.com"], 1,
          "give one of: a server URL, --local, --volume NAME"),
         (["server", "test", "--volume", "vol", "--password-file", vol["right"]], 1,

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, read_user_file
 from .home import Home
 from .keys import VolumeKeys, create_envelope, rewrap_envelope, unwrap_envelope
 from .nntp.config import ServerConfig, parse_server_url
@@ -256,10 +256,7 @@ def read_passphrase(passphrase_file: str | None, *, confirm: bool = False, promp
     terminal. `option` names the command's option in the error for none of these."""
     path = passphrase_file or (os.environ.get("USENETFS_PASSPHRASE_FILE") if environment else None)
     if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise UserError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+        text = read_user_file(path, "passphrase")
         passphrase = text.splitlines()[0] if text else ""
     elif sys.stdin.isatty():
         passphrase = getpass.getpass(f"{prompt}: ")

@@ -32,9 +32,8 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, read_user_file
 
 FUSE_FLAGS = frozenset({
     "allow_other", "allow_root", "default_permissions", "nosuid", "suid", "nodev", "dev", "noexec",
@@ -121,12 +120,7 @@ def split_options(text: str) -> list[str]:
 
 
 def read_config_file(path: str) -> list[str]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"cannot read the config file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"the config file {path} is not text") from None
+    text = read_user_file(path, "config")
     items = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from ..errors import UserError
+from ..errors import UserError, read_user_file
 from ..home import Home
 from ..process import process_alive
 from ..volume import LOCAL_SERVER, Volume, list_volumes, read_passphrase
@@ -225,10 +225,7 @@ def parse_when(text: str, *, now: float | None = None) -> float:
 
 
 def _read_first_line(path: str, what: str) -> str:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise UserError(f"cannot read the {what} file {path}: {error.strerror}") from None
+    text = read_user_file(path, what)
     value = text.splitlines()[0] if text else ""
     if not value:
         raise UserError(f"the {what} file {path} is empty")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import UserError
+from ..errors import UserError, read_user_file
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,7 @@ def parse_server_url(url: str, *, password_file: str | Path | None = None,
         raise UserError("starttls makes no sense with nntps:// (TLS is already on)")
     password = unquote(parts.password) if parts.password is not None else None
     if password_file is not None:
-        try:
-            password = Path(password_file).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise UserError(f"cannot read the password file {password_file}: {exc.strerror}") from None
+        password = read_user_file(password_file, "password").rstrip("\r\n")
     return ServerConfig(
         host=parts.hostname,
         port=port or (563 if tls else 119),

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import UserError
+from ..errors import UserError, read_user_file
 
 KEY_SIZE = 32
 PUBLIC_PREFIX = "usenetfs-pub1:"
@@ -152,12 +152,7 @@ def write_identity(path: Path, identity: Identity, *, force: bool = False) -> No
 
 
 def read_identity(path: str) -> Identity:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise UserError(f"cannot read the identity file {path}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"the identity file {path} is not text") from None
+    text = read_user_file(path, "identity")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if len(lines) != 1:
         raise UserError(f"the identity file {path} should hold one {SECRET_PREFIX} line")
