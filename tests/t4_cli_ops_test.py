@@ -23,11 +23,26 @@ GOLDEN = Path(__file__).parent / "golden"
 PASSPHRASE = "secret words"
 
 
-def usenetfs(*args: str, home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+def usenetfs(*args: str, home: Path, timeout: float = 60, stdin: str = "") -> subprocess.CompletedProcess:
+    """A usenetfs command in `home`, as a user without USENETFS_PASSPHRASE_FILE runs it;
+    `stdin` is all it can read (nothing by default)."""
     env = {k: v for k, v in os.environ.items() if k != "USENETFS_PASSPHRASE_FILE"}
     env.update(USENETFS_HOME=str(home), COLUMNS="100")  # argparse wraps help at COLUMNS
-    return subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, stdin=subprocess.DEVNULL,
+    return subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def assert_help_matches_golden(command: str, home: Path) -> None:
+    """`usenetfs COMMAND --help` is tests/golden/help-COMMAND.txt (spaces as dashes), and
+    documents its exit codes (USENETFS_UPDATE_GOLDEN=1 rewrites the file instead)."""
+    result = usenetfs(*command.split(), "--help", home=home)
+    assert result.returncode == 0 and result.stderr == ""
+    golden = GOLDEN / f"help-{command.replace(' ', '-')}.txt"
+    if os.environ.get("USENETFS_UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(result.stdout)
+    assert result.stdout == golden.read_text()
+    assert "exit codes: 0 " in result.stdout  # documented where a user looks
 
 
 @pytest.fixture
@@ -47,14 +62,7 @@ def vol(tmp_path) -> dict:
 
 @pytest.mark.parametrize("command", ["status", "flush", "verify", "passwd", "server test"])
 def test_help_matches_golden(command, tmp_path):
-    result = usenetfs(*command.split(), "--help", home=tmp_path)
-    assert result.returncode == 0 and result.stderr == ""
-    golden = GOLDEN / f"help-{command.replace(' ', '-')}.txt"
-    if os.environ.get("USENETFS_UPDATE_GOLDEN"):
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text()
-    assert "exit codes: 0 " in result.stdout  # documented where a user looks
+    assert_help_matches_golden(command, tmp_path)
 
 
 def test_usage_errors_are_one_line_with_exit_2(tmp_path):

@@ -9,25 +9,18 @@ tests once with USENETFS_UPDATE_GOLDEN=1 and review the diff.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from t4_cli_ops_test import PASSPHRASE, assert_help_matches_golden
+from t4_cli_ops_test import usenetfs as run_usenetfs
 from usenetfs.home import Home
 from usenetfs.index import Index
 from usenetfs.volume import Volume
 
-GOLDEN = Path(__file__).parent / "golden"
-PASSPHRASE = "secret words"
-
-
-def usenetfs(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "USENETFS_PASSPHRASE_FILE"}
-    env.update(USENETFS_HOME=str(home), COLUMNS="100")  # argparse wraps help at COLUMNS
-    return subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+usenetfs = functools.partial(run_usenetfs, timeout=120)  # a sync may take a while
 
 
 def make_volume(tmp_path: Path, server_url: str) -> dict:
@@ -47,14 +40,7 @@ def make_volume(tmp_path: Path, server_url: str) -> dict:
 
 
 def test_help_matches_golden(tmp_path):
-    result = usenetfs("sync", "--help", home=tmp_path)
-    assert result.returncode == 0 and result.stderr == ""
-    golden = GOLDEN / "help-sync.txt"
-    if os.environ.get("USENETFS_UPDATE_GOLDEN"):
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text()
-    assert "exit codes: 0 " in result.stdout
+    assert_help_matches_golden("sync", tmp_path)
 
 
 def test_usage_errors_are_one_line_with_exit_2(tmp_path):

@@ -9,37 +9,26 @@ once with USENETFS_UPDATE_GOLDEN=1 and review the diff.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from t4_cli_ops_test import GOLDEN, usenetfs
+from t4_cli_ops_test import assert_help_matches_golden, usenetfs
 
 PASSPHRASE = "secret words"
 
 
-def run(*args: str, home: Path, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "USENETFS_PASSPHRASE_FILE"}
-    env.update(USENETFS_HOME=str(home), COLUMNS="100")
-    return subprocess.run([sys.executable, "-m", "usenetfs.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, input=stdin if stdin is not None else "")
+run = functools.partial(usenetfs, timeout=120)
 
 
 @pytest.mark.parametrize("command", ["share publish", "share grant", "share revoke", "share ls", "share refresh",
                                      "share log", "id create"])
 def test_help_matches_golden(command, tmp_path):
-    result = usenetfs(*command.split(), "--help", home=tmp_path)
-    assert result.returncode == 0 and result.stderr == ""
-    golden = GOLDEN / f"help-{command.replace(' ', '-')}.txt"
-    if os.environ.get("USENETFS_UPDATE_GOLDEN"):
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text()
-    assert "exit codes: 0 " in result.stdout
+    assert_help_matches_golden(command, tmp_path)
 
 
 @pytest.fixture
