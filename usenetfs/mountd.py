@@ -30,8 +30,9 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -171,13 +172,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             options = fuse_options(request.fsname or f"usenetfs:{volume.name}",
                                    allow_other=request.allow_other, ro=request.read_only,
                                    extra=request.fuse_extra)
-            try:
-                pyfuse3.init(operations, request.mountpoint, options)
-            except RuntimeError as exc:
-                raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
-            try:
-                write_json_atomic(volume.mount_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
-                                                "control": str(volume.control_socket)})
+            with fuse_mounted(operations, request, options, volume.mount_file, volume.control_socket):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)
                     backup_lock = trio.Lock()  # one backup at a time (umount's and the timer's)
@@ -199,13 +194,10 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     control = _Control(request, settings, index, data, store, client, throughput, run_backup,
                                        backed_up, operations)
                     await nursery.start(serve_control, volume.control_socket, _control_session, control)
-                    nursery.start_soon(_terminate_on_signal)
-                    nursery.start_soon(announce_when_initialized, operations, request, ready_fd)
-                    ready_fd = None  # announce_when_initialized reports from here on
-                    await pyfuse3.main()
-                    # Unmounted: release what the kernel still held, then stop the uploads;
-                    # what is not posted stays staged and resumes at the next mount.
-                    await operations.close()
+                    fd, ready_fd = ready_fd, None  # announce_when_initialized reports from here on
+                    await serve_until_unmounted(nursery, operations, request, fd)
+                    # Then stop the uploads; what is not posted stays staged and resumes at
+                    # the next mount.
                     nursery.cancel_scope.cancel()
                     pending = data.pending()
                     if pending.get("files"):  # umount(8) or a shutdown did not wait for them
@@ -217,16 +209,9 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     if learned != current.learned_connection_limit:
                         current.learned_connection_limit = learned
                         volume.save(current)
-            finally:
-                pyfuse3.close(unmount=True)
-                _remove(volume.mount_file)
-                _remove(volume.control_socket)
         return 0
     except UserError as error:
-        if ready_fd is None:
-            raise
-        _signal_ready(ready_fd, str(error))
-        return EXIT_MOUNT_FAILED
+        return failed_to_mount(ready_fd, error)
     finally:
         if index is not None:
             unchanged = backed_up is not None and backed_up.writes == index.writes
@@ -513,6 +498,47 @@ async def _terminate_on_signal() -> None:
 
 
 INIT_TIMEOUT = 5.0  # announce the mount anyway if the kernel's INIT has not come by then
+
+
+@contextmanager
+def fuse_mounted(operations, request: MountRequest, options, record_file: Path, control_socket: Path,
+                 **record) -> Iterator[None]:
+    """The FUSE session at `request.mountpoint` (UserError if the kernel refuses it) and the
+    mount record (`record_file`: mountpoint, pid, control socket, and `record`), for the
+    block; afterwards the session is closed (unmounting) and the record and the control
+    socket are gone. Volume and share mounts alike."""
+    try:
+        pyfuse3.init(operations, request.mountpoint, options)
+    except RuntimeError as exc:
+        raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
+    try:
+        write_json_atomic(record_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
+                                        "control": str(control_socket), **record})
+        yield
+    finally:
+        pyfuse3.close(unmount=True)
+        _remove(record_file)
+        _remove(control_socket)
+
+
+async def serve_until_unmounted(nursery: trio.Nursery, operations, request: MountRequest,
+                                ready_fd: int | None) -> None:
+    """Answer FUSE requests until the filesystem is unmounted (a SIGTERM, SIGINT or SIGHUP
+    unmounts it), reporting the mount ready once INIT is answered; then release what the
+    kernel still held (deleting files unlinked while open)."""
+    nursery.start_soon(_terminate_on_signal)
+    nursery.start_soon(announce_when_initialized, operations, request, ready_fd)
+    await pyfuse3.main()
+    await operations.close()
+
+
+def failed_to_mount(ready_fd: int | None, error: UserError) -> int:
+    """A mount that failed before it was announced: the one-line reason goes to the
+    mount command waiting on `ready_fd` (exit EXIT_MOUNT_FAILED); without one, it is raised."""
+    if ready_fd is None:
+        raise error
+    _signal_ready(ready_fd, str(error))
+    return EXIT_MOUNT_FAILED
 
 
 async def announce_when_initialized(operations, request: MountRequest, ready_fd: int | None) -> None:

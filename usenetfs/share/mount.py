@@ -22,12 +22,11 @@ import trio
 
 from ..errors import UserError, user_error_behind
 from ..index.mirror import Mirror
-from ..mountd import (EXIT_MOUNT_FAILED, MountRequest, _remove, _signal_ready, _terminate_on_signal,
-                      announce_when_initialized, read_request, serve_control)
+from ..mountd import (MountRequest, failed_to_mount, fuse_mounted, read_request, serve_control,
+                      serve_until_unmounted)
 from ..nntp.client import NNTPClient, PoolOptions
 from ..nntp.config import ServerConfig
 from ..store.keyed import KeyedSegmentStore
-from ..volume import write_json_atomic
 from .capability import Capability
 from .subscribe import Access, Applier, Changes, Opened, Subscription, open_share
 
@@ -102,35 +101,19 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
                                     umask=request.umask, writeback_cache=False)
             options = fuse_options(request.fsname or f"usenetfs:{sub.name}", allow_other=request.allow_other,
                                    ro=True, extra=request.fuse_extra)
-            try:
-                pyfuse3.init(operations, request.mountpoint, options)
-            except RuntimeError as exc:
-                raise UserError(f"cannot mount at {request.mountpoint}: {exc}") from None
-            try:
-                write_json_atomic(sub.mount_file, {"mountpoint": request.mountpoint, "pid": os.getpid(),
-                                                   "control": str(sub.control_socket), "share": True})
+            with fuse_mounted(operations, request, options, sub.mount_file, sub.control_socket, share=True):
                 control = _Control(share, mirror, data, operations, client)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(data.run)
                     await nursery.start(serve_control, sub.control_socket, _session, control)
-                    nursery.start_soon(_terminate_on_signal)
                     if share.poll:
                         nursery.start_soon(_poll, control, share.poll)
-                    nursery.start_soon(announce_when_initialized, operations, request, ready_fd)
-                    ready_fd = None  # announce_when_initialized reports from here on
-                    await pyfuse3.main()
-                    await operations.close()
+                    fd, ready_fd = ready_fd, None  # announce_when_initialized reports from here on
+                    await serve_until_unmounted(nursery, operations, request, fd)
                     nursery.cancel_scope.cancel()
-            finally:
-                pyfuse3.close(unmount=True)
-                _remove(sub.mount_file)
-                _remove(sub.control_socket)
         return 0
     except UserError as error:
-        if ready_fd is None:
-            raise
-        _signal_ready(ready_fd, str(error))
-        return EXIT_MOUNT_FAILED
+        return failed_to_mount(ready_fd, error)
     finally:
         if mirror is not None:
             mirror.close()
