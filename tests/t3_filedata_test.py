@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from usenetfs.data import DataUnavailable, FileData
-from usenetfs.data.staging import SPARES_TARGET
+from usenetfs.data import staging
+from usenetfs.data.staging import SPARES_TARGET, SYNCFS_FROM, fsync_paths
 from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index
 from usenetfs.index.schema import DEAD, VERIFIED
 from usenetfs.keys import VolumeKeys
@@ -753,3 +754,20 @@ async def test_extent_map_cache_is_bounded_in_files_and_rows(index, store, tmp_p
         assert len(cached) <= 4 and cached.currsize <= 40
         assert inos[-1] not in cached  # 60 rows: more than the whole cache, read each time
         assert inos[-2] in cached and sum(len(rows) for rows in cached.values()) <= 40
+
+
+def test_fsync_paths_syncs_a_big_batch_with_one_syncfs(tmp_path, monkeypatch):
+    # The durability pass after many small files: an fsync each would cost a disk flush
+    # each, one syncfs covers them all. A file that vanished meanwhile is not an error.
+    paths = [tmp_path / f"f{k}" for k in range(SYNCFS_FROM)]
+    for path in paths:
+        path.write_bytes(b"x")
+    syncfs_calls, fsyncs = [], []
+    real_syncfs, real_fsync = staging.sync_filesystem, os.fsync
+    monkeypatch.setattr(staging, "sync_filesystem", lambda d: syncfs_calls.append(d) or real_syncfs(d))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    fsync_paths(paths, tmp_path)
+    assert syncfs_calls == [tmp_path] and fsyncs == []
+    paths[0].unlink()
+    fsync_paths(paths[: SYNCFS_FROM - 1], tmp_path)  # a small batch: each file, then the directory
+    assert len(syncfs_calls) == 1 and len(fsyncs) == SYNCFS_FROM - 2 + 1

@@ -417,6 +417,31 @@ async def test_unlinked_file_dies_at_forget_after_release(fs: FS):
     assert not fs.exists_in_index(ino)
 
 
+async def test_a_new_files_first_write_does_not_read_the_index(fs: FS, monkeypatch):
+    # cp's create, write, close: the fs just made the file, so its first write stages it
+    # without asking the index what the file holds.
+    fh, ino = await fs.create(b"new")
+    reads = []
+    real_get_inode = fs.index.get_inode
+    monkeypatch.setattr(fs.index, "get_inode", lambda ino: reads.append(ino) or real_get_inode(ino))
+    await fs.ops.write(fh, 0, b"first")
+    await fs.ops.write(fh, 5, b" second")
+    assert reads == []
+    await fs.ops.release(fh)
+    # Resized before its first write (ftruncate, then write at the start): the write must
+    # keep the size, so it reads the index like any other file.
+    fh, grown = await fs.create(b"grown")
+    await fs.ops.setattr(grown, attr(st_size=100_000), fields(size=True), fh, CTX)
+    await fs.ops.write(fh, 0, b"head")
+    await fs.ops.release(fh)
+    monkeypatch.undo()
+    assert await fs.cat(ino) == b"first second"
+    assert (await fs.getattr(grown)).st_size == 100_000
+    assert await fs.cat(grown) == b"head" + bytes(100_000 - 4)
+    await fs.data.flush_all()
+    assert await fs.cat(grown) == b"head" + bytes(100_000 - 4)
+
+
 async def test_forgets_look_up_only_inodes_that_lost_a_name(fs: FS, monkeypatch):
     # The kernel may forget millions of inodes (memory pressure after a big `find`): a
     # forget of an inode that still has its names must not cost an index read.

@@ -366,19 +366,11 @@ def _run_publish(args, volume: Volume, files, *, rescan: bool = False) -> dict:
 def _syncfs(mountpoint: str) -> None:
     """Make the kernel hand over what it still holds for the mount (with its writeback cache,
     written pages and the times of files closed a moment ago), so the publish sees them."""
-    import ctypes
-    import ctypes.util
+    from ..data.staging import sync_filesystem
     try:
-        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        sync_filesystem(Path(mountpoint))
     except OSError:
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.syncfs(fd)
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
+        pass  # not mounted, or the mount failed to write back: the publish reports what it has
 
 
 def _publish_offline(args, volume: Volume, files, *, rescan: bool) -> dict:

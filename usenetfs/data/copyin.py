@@ -8,9 +8,6 @@ Owns
   the zeros they read as). A source that changes while it is copied is copied again (a
   few times), so what lands in staging is one version of it;
 - `file_digest(path)`: the same SHA-256 of a file without copying it (`sync --checksum`);
-- `sync_filesystem(directory)`: syncfs(2) of the file system holding `directory`: one
-  call makes a whole batch of staging files durable (per-file fsyncs cost a journal
-  commit each).
 
 Everything here runs in worker threads and touches nothing shared: only descriptors it
 opens itself. The caller (FileData) does the space accounting.
@@ -18,7 +15,6 @@ opens itself. The caller (FileData) does the space accounting.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -140,7 +136,7 @@ def _copy_once(src: int, dst: int, st: os.stat_result, digest: bool, again: bool
 def copy_into(source: str | bytes | os.PathLike, target: Path, *, digest: bool = False) -> Copied:
     """Copy the regular file `source` into a new file `target` (created, mode 0600).
     Raises OSError (SourceChanged if it is no longer a regular file); `target` is then
-    removed. Not fsynced: see `sync_filesystem`."""
+    removed. Not fsynced: see `staging.sync_filesystem`."""
     src, st = _open_source(source)
     try:
         dst = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -211,25 +207,4 @@ class StagedCopy:
         return f"<StagedCopy {self.path.name} size={self.copied.size} placed={self.placed}>"
 
 
-_libc = None
-
-
-def sync_filesystem(directory: Path) -> None:
-    """syncfs(2) on the file system holding `directory` (sync(2) where syncfs is missing)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        syncfs = getattr(_libc, "syncfs", None)
-        if syncfs is None:
-            os.sync()
-            return
-        if syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(directory))
-    finally:
-        os.close(fd)
-
-
-__all__ = ["Copied", "SourceChanged", "StagedCopy", "copy_into", "file_digest", "sync_filesystem"]
+__all__ = ["Copied", "SourceChanged", "StagedCopy", "copy_into", "file_digest"]

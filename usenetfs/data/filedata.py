@@ -20,10 +20,10 @@ import trio
 from ..index import Index, NotFound
 from ..index.schema import VOLUME_SCOPE
 from ..store.base import SegmentStore
-from .copyin import StagedCopy, copy_into, sync_filesystem
+from .copyin import StagedCopy, copy_into
 from .reader import Reader
 from .segcache import SegmentCache
-from .staging import DirtyFile, Staging, fsync_paths
+from .staging import DirtyFile, Staging, fsync_paths, sync_filesystem
 from .uploader import Uploader
 
 log = logging.getLogger("usenetfs.data")
@@ -93,6 +93,10 @@ class FileData:
             stream_segments=stream_segments,
         )
         self._writers: set[int] = set()  # inodes a writer holds open (open_for_write .. release)
+        # Files created in this mount and neither written nor resized since: nothing of them
+        # is remote and they are empty, so their first write stages them without reading
+        # the index (the common case of cp: create, write, close).
+        self._created: set[int] = set()
         self._locks: dict[int, trio.Lock] = {}  # ino -> materialisation lock
         self._tokens: dict[int, object] = {}  # ino -> token of the materialisation running
         self._running = False
@@ -203,12 +207,15 @@ class FileData:
 
     # ------------------------------------------------------------------ writes
 
-    async def open_for_write(self, ino: int, size: int, *, truncate: bool) -> None:
+    async def open_for_write(self, ino: int, size: int, *, truncate: bool, created: bool = False) -> None:
         """A writer opened `ino`. Nothing is fetched here: a clean file is materialised by
         its first write (an O_RDWR open that never writes costs nothing). With `truncate`
         (O_TRUNC) the content is gone anyway: an empty staging file, no download.
-        `size` is the fs's view, informational: materialisation reads the index."""
+        `size` is the fs's view, informational: materialisation reads the index.
+        `created`: the fs has just made `ino`, empty (create())."""
         self._writers.add(ino)
+        if created:
+            self._created.add(ino)
         d = self.staging.files.get(ino)
         if d is not None:
             self.staging.set_open(d, True)
@@ -237,6 +244,7 @@ class FileData:
         """Set a dirty file's staging length to `size`. A clean file needs nothing: its
         index size (set by the fs) cuts or extends it, bytes past the old end read as a
         hole. Call it right after `Index.truncate`, with no await in between."""
+        self._created.discard(ino)  # no longer empty: the next write reads the size
         while True:
             d = self.staging.files.get(ino)
             if d is not None:
@@ -257,9 +265,8 @@ class FileData:
         """Durable on local disk now: the staging file, the directory naming it, and the
         index (sizes, times, names). A clean file's data is already verified on the
         server."""
-        if ino in self.staging.files:
-            await trio.to_thread.run_sync(fsync_paths, [self.staging.path(ino)], self.staging.directory)
-        self.index.sync()
+        paths = [self.staging.path(ino)] if ino in self.staging.files else []
+        await trio.to_thread.run_sync(self._make_durable, paths)
 
     async def _commit_loop(self) -> None:
         """Every `commit_interval`, make what closed files had written durable: one batch
@@ -278,14 +285,22 @@ class FileData:
             self._unsynced -= inos
             paths = [self.staging.path(ino) for ino in inos if ino in files]
             try:
-                await trio.to_thread.run_sync(fsync_paths, paths, self.staging.directory)
-                self.index.sync()
+                await trio.to_thread.run_sync(self._make_durable, paths)
             except OSError as error:  # e.g. EIO from the disk: keep them, try again
                 log.error("cannot make %d written file(s) durable on local disk: %s", len(inos), error)
                 self._unsynced |= inos
 
+    def _make_durable(self, paths: list[Path]) -> None:
+        """(A worker thread.) fsync the staging files `paths` and their directory, then the
+        index's WAL: every index commit made before the call is durable when it returns.
+        Neither touches the index's connection, so the trio thread goes on meanwhile."""
+        if paths:
+            fsync_paths(paths, self.staging.directory)
+        self.index.sync()
+
     def release(self, ino: int, group: int) -> None:
         self._writers.discard(ino)
+        self._created.discard(ino)
         d = self.staging.files.get(ino)
         if d is not None:
             self.staging.set_open(d, False)
@@ -293,6 +308,7 @@ class FileData:
 
     def forget(self, ino: int) -> None:
         self._writers.discard(ino)
+        self._created.discard(ino)
         self._tokens.pop(ino, None)  # a materialisation in flight notices and gives up
         d = self.staging.drop(ino)
         self.uploader.forget(d, ino)
@@ -347,6 +363,10 @@ class FileData:
                     del self._locks[ino]
 
     async def _materialise(self, ino: int, empty: bool) -> None:
+        if ino in self._created:
+            self._created.discard(ino)
+            self._adopted(self.staging.create(ino, 0))
+            return
         inode = self.index.get_inode(ino)  # NotFound: the fs answers ENOENT
         if not inode.is_reg:
             raise ValueError(f"inode {ino} is not a regular file")

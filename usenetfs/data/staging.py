@@ -9,7 +9,8 @@ Owns
   with backpressure (`wait_for_space`);
 - the spare pool: empty files named `spare-<n>` that a new staging file is renamed from,
   fed by recycling the staging files of uploaded files (see `create`);
-- pure helpers the worker threads run: `fsync_paths`, `unlink_paths`, `recycle_paths`,
+- pure helpers the worker threads run: `fsync_paths` and `sync_filesystem` (durability,
+  per file or one syncfs for a batch), `unlink_paths`, `recycle_paths`,
   `create_spares`, `data_regions` (SEEK_DATA/SEEK_HOLE), `read_virtual` (a byte range of
   several files' data regions laid end to end).
 
@@ -25,9 +26,10 @@ truncated to 1 TB costs what it stores.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import trio
@@ -105,6 +107,9 @@ class Staging:
     def __init__(self, directory: Path, limit: int, *, max_fds: int = 128) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Paths as plain strings on the hot paths (a create per small file): building a
+        # Path costs more than the rename it names.
+        self._prefix = f"{self.directory}{os.sep}"
         self.limit = limit
         self.files: dict[int, DirtyFile] = {}
         self.used = 0  # bytes allocated by staging files (and reserved for materialisations)
@@ -131,13 +136,16 @@ class Staging:
     def path(self, ino: int) -> Path:
         return self.directory / str(ino)
 
+    def _path(self, ino: int) -> str:
+        return f"{self._prefix}{ino}"
+
     def tmp_path(self, ino: int) -> Path:
         return self.directory / f"{ino}.tmp"
 
     def fd(self, ino: int) -> int:
         fd = self._fds.get(ino)
         if fd is None:
-            fd = os.open(self.path(ino), os.O_RDWR)
+            fd = os.open(self._path(ino), os.O_RDWR)
             self._fds[ino] = fd
         return fd
 
@@ -163,18 +171,18 @@ class Staging:
         self._close(ino)
         fd = self._from_spare(ino)
         if fd is None:
-            fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self._path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         if size:
             os.ftruncate(fd, size)
         self._fds[ino] = fd
         return self._add(ino, size, 0)
 
     def _from_spare(self, ino: int) -> int | None:
-        path = self.path(ino)
+        path = self._path(ino)
         while self.spares:
             name = self.spares.pop()
             try:
-                os.rename(self.directory / name, path)
+                os.rename(f"{self._prefix}{name}", path)
             except FileNotFoundError:  # removed behind our back: try the next one
                 continue
             if len(self.spares) < SPARES_LOW:
@@ -192,7 +200,7 @@ class Staging:
         materialise: the file is already in place, `fd` open on it if given)."""
         self._close(ino)
         if fd is None:
-            fd = os.open(self.path(ino), os.O_RDWR)
+            fd = os.open(self._path(ino), os.O_RDWR)
         self._fds[ino] = fd
         st = os.fstat(fd)
         return self._add(ino, st.st_size, st.st_blocks * 512)
@@ -263,7 +271,7 @@ class Staging:
             self._trash_seq += 1
             trash = self.directory / f"purged-{ino}-{self._trash_seq}.tmp"
             try:
-                os.rename(self.path(ino), trash)
+                os.rename(self._path(ino), trash)
             except FileNotFoundError:
                 self.used -= alloc
                 continue
@@ -480,8 +488,19 @@ def create_spares(directory: Path, names: list[str]) -> list[str]:
     return made
 
 
-def fsync_paths(paths: Iterable[Path], directory: Path) -> None:
-    """fsync each file (if it still exists), then the directory holding their names."""
+# From this many files, one syncfs(2) makes a batch durable instead of an fsync each:
+# measured here for 2,000 small files, 20 ms (1 ms of CPU) against 300 ms (120 ms of CPU),
+# since every fsync writes its own inode and flushes the disk's cache. The price: it also
+# writes out whatever else is dirty on that file system.
+SYNCFS_FROM = 16
+
+
+def fsync_paths(paths: Collection[str | Path], directory: Path) -> None:
+    """Make the files `paths` (those that still exist) and the directory naming them
+    durable: an fsync each and one of the directory, or from SYNCFS_FROM files one syncfs."""
+    if len(paths) >= SYNCFS_FROM:
+        sync_filesystem(directory)
+        return
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -494,6 +513,27 @@ def fsync_paths(paths: Iterable[Path], directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = None
+
+
+def sync_filesystem(directory: Path) -> None:
+    """syncfs(2) on the file system holding `directory` (sync(2) where syncfs is missing)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None:
+            os.sync()
+            return
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(directory))
     finally:
         os.close(fd)
 

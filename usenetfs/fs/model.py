@@ -594,7 +594,7 @@ class FsModel:
         row = self._make(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
         h = self._create_handle(row, flags)
         try:
-            await self.data.open_for_write(row.id, 0, truncate=False)
+            await self.data.open_for_write(row.id, 0, truncate=False, created=True)
         except BaseException:
             # The kernel never learns of this file: take back the reference and the handle.
             await self.release(h.fh)

@@ -342,7 +342,9 @@ class Index:
     def sync(self) -> None:
         """Make every committed transaction durable now. Commits use synchronous=NORMAL
         (the WAL is synced only at checkpoints), and a checkpoint that a reader blocks
-        syncs nothing, so fsync the WAL file itself: every committed frame is in it."""
+        syncs nothing, so fsync the WAL file itself: every committed frame is in it.
+        It does not use the connection, so a worker thread may call it while the owning
+        thread goes on (FileData's durability pass does)."""
         if self.path is None:
             return
         try:
