@@ -704,6 +704,24 @@ async def test_reads_of_one_stream_that_finish_out_of_order_keep_the_read_ahead(
         assert fs.data.reader._seq[ino][1] == 0
 
 
+async def test_a_sequential_stream_does_not_fill_the_segment_cache(index, keys, tmp_path):
+    """Segments a sequential reader has gone past leave the LRU (the kernel's page cache
+    has those bytes): a big streamed file must not push out what random readers use. The
+    file's head stays, and a random reader's segments stay."""
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path)
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=2 * SEG) as fs:
+        chunk = SEG // 2  # two reads of this size in flight: the segment behind them may still be needed
+        for pos in range(0, len(content), chunk):
+            assert await fs.read(ino, pos, chunk) == content[pos:pos + chunk]
+        cached = [seg for seg in range(first, first + 12) if seg in fs.data.cache]
+        assert cached == [first, first + 10, first + 11]  # the head, and the last two
+        assert all(n == 1 for n in store.gets.values())  # nothing dropped before its read
+        # Random access keeps what it reads.
+        for seg in (3, 7, 5):
+            assert await fs.read(ino, seg * SEG + 100, 1000) == content[seg * SEG + 100:seg * SEG + 1100]
+        assert all(first + seg in fs.data.cache for seg in (3, 7, 5))
+
+
 async def test_segment_cache_is_bounded_in_bytes(index, store, tmp_path):
     content = os.urandom(20 * SEG)
     async with mounted(index, store, tmp_path / "cache") as fs:

@@ -69,7 +69,9 @@ class Reader:
         # ino -> list[ExtentRow], bounded in files and in rows (~100 bytes each): a
         # fragmented file may have thousands of rows
         self._extents: LRUCache = LRUCache(maxsize=EXTENT_CACHE_ROWS, getsizeof=_extent_cost)
-        self._seq: LRUCache = LRUCache(maxsize=4096)  # ino -> (expected next offset, window)
+        # ino -> (expected next offset, read-ahead window, file offset from which the
+        # stream's segments are still in the LRU)
+        self._seq: LRUCache = LRUCache(maxsize=4096)
         self._ra_bytes = 0  # payload bytes of prefetches in flight
         self.bad: dict[int, dict[int, str]] = {}  # ino -> {segment: reason}
 
@@ -236,17 +238,18 @@ class Reader:
     def _read_ahead(self, ino: int, rows: list[ExtentRow], offset: int, end: int, size: int) -> None:
         if self.readahead_bytes <= 0 or self.nursery is None:
             return
-        expected, window = self._seq.get(ino, (0, 0))
+        expected, window, kept_from = self._seq.get(ino, (0, 0, 0))
         # The kernel keeps two reads of one sequential stream in flight, and they finish
         # in either order: a read up to two of its lengths from where the stream got to
         # is still sequential (an exact match reset the window on a third of all reads).
         slack = 2 * (end - offset)
         if not expected - slack <= offset <= expected + slack:
-            self._seq[ino] = (end, 0)  # random access: no read-ahead, start over
+            self._seq[ino] = (end, 0, offset)  # random access: no read-ahead, start over
             return
         front = max(expected, end)
         window = min(self.readahead_bytes, max(window * 2, 2 * (end - offset), _MIN_WINDOW))
-        self._seq[ino] = (front, window)
+        kept_from = self._drop_behind(rows, kept_from, offset - slack)
+        self._seq[ino] = (front, window, kept_from)
         ra_end = min(front + window, size)
         if ra_end <= front:
             return
@@ -261,6 +264,22 @@ class Reader:
                 return  # the budget is spent: later reads will prefetch further
             self._ra_bytes += nbytes
             self.nursery.start_soon(self._prefetch, seg, nbytes)
+
+    def _drop_behind(self, rows: list[ExtentRow], kept_from: int, behind: int) -> int:
+        """Scan resistance: take the segments a sequential reader has gone past (all of
+        whose bytes in [kept_from, behind) of the file) out of the LRU; returns the new
+        `kept_from`. The kernel holds what was read in its page cache (keep_cache), so
+        the LRU would only hold a second copy, push out the segments random readers need,
+        and have every cold stream fill it with fresh memory. The segment holding byte 0
+        stays (file managers read file heads again and again); so does the one `behind`
+        falls in, which the other read in flight may still need."""
+        if behind <= kept_from:
+            return kept_from
+        pieces = [p for p in locate(rows, kept_from, behind) if p.segment is not None]
+        for p in pieces[:-1]:
+            if p.file_offset:
+                self.cache.discard(p.segment)
+        return pieces[-1].file_offset if pieces else behind
 
     async def _prefetch(self, seg: int, nbytes: int) -> None:
         try:
