@@ -15,11 +15,17 @@ def test_each_kind_of_option_lands_where_it_belongs():
         "x-systemd.idle-timeout=600,x-gvfs-show,home=/srv/uf,passphrase_file=/etc/uf.pass,foreground")
     assert options.request_fields() == {
         "read_only": True, "allow_other": True, "uid": 1000, "gid": 100, "umask": 0o027,
-        "fuse_extra": ["nosuid", "noatime", "max_read=131072", "default_permissions"]}
+        "fuse_extra": ["nosuid", "noatime", "max_read=131072", "default_permissions"], "disk_cache_bytes": None}
     assert (options.home, options.passphrase_file, options.foreground) == ("/srv/uf", "/etc/uf.pass", True)
     assert options.ignored == ["_netdev", "nofail", "noauto", "auto", "user", "user=alice", "users", "defaults",
                                "comment=hello", "x-systemd.automount", "x-systemd.idle-timeout=600",
                                "x-gvfs-show"]
+
+
+@pytest.mark.parametrize("text, size", [("10G", 10 << 30), ("512M", 512 << 20), ("64KiB", 64 << 10),
+                                        ("1.5g", 3 << 29), ("4096", 4096), ("0", 0)])
+def test_disk_cache_takes_a_size(text, size):
+    assert parse_mount_options(f"disk_cache={text}").request_fields()["disk_cache_bytes"] == size
 
 
 def test_later_options_win_and_names_resolve():
@@ -40,6 +46,9 @@ def test_later_options_win_and_names_resolve():
      "(ps, logs and fstab show them); put it in a file and give passphrase_file=FILE"),
     ("password=x", "server passwords are kept with the volume"),
     ('comment="a,b', "unbalanced double quote"),
+    ("disk_cache=lots", "invalid mount option 'disk_cache=lots': give a size such as 10G, 512M or 0"),
+    ("disk_cache=-1G", "give a size such as 10G"),
+    ("disk_cache", "invalid mount option 'disk_cache': disk_cache takes a value"),
 ])
 def test_bad_options_are_one_line_errors(text, message):
     with pytest.raises(UserError) as raised:

@@ -789,3 +789,54 @@ def test_fsync_paths_syncs_a_big_batch_with_one_syncfs(tmp_path, monkeypatch):
     paths[0].unlink()
     fsync_paths(paths[: SYNCFS_FROM - 1], tmp_path)  # a small batch: each file, then the directory
     assert len(syncfs_calls) == 1 and len(fsyncs) == SYNCFS_FROM - 2 + 1
+
+
+# --- the on-disk segment cache ---------------------------------------------------------
+
+
+async def test_disk_cache_serves_a_second_mount_without_the_server(index, keys, tmp_path):
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path, segments=6)
+    disk = tmp_path / "segments"
+    options = dict(disk_cache_bytes=4 * SEG + 4096, disk_cache_dir=disk)  # room for four segments
+    async with mounted(index, store, tmp_path / "cache2", **options) as fs:
+        assert await fs.read(ino) == content
+        # Six segments went by; the cache holds the last four it wrote (writes finish in
+        # any order: several fetches run at once).
+        await wait_until(lambda: len(os.listdir(disk)) == 4 and not fs.data.disk_cache.writing)
+        assert fs.data.disk_cache.size <= 4 * SEG + 4096
+    kept = sorted(int(name) - first for name in os.listdir(disk))
+    gets = dict(store.gets)
+    async with mounted(index, store, tmp_path / "cache3", readahead_bytes=0, **options) as fs:  # empty LRU
+        for k in kept:
+            assert await fs.read(ino, k * SEG, SEG) == content[k * SEG:(k + 1) * SEG]
+        assert store.gets == gets  # all from the disk, none from the store
+        assert fs.data.disk_cache.hits == 4
+        # A damaged entry is noticed, dropped and fetched again: never wrong bytes.
+        k = kept[0]
+        victim = disk / str(first + k)
+        raw = bytearray(victim.read_bytes())
+        raw[-1] ^= 1
+        victim.write_bytes(bytes(raw))
+        fs.data.cache.clear()
+        assert await fs.read(ino, k * SEG, 100) == content[k * SEG:k * SEG + 100]
+        assert store.gets[first + k] == gets[first + k] + 1
+
+
+async def test_disk_cache_reopens_in_lru_order_and_drops_leftovers(tmp_path):
+    from usenetfs.data.diskcache import DiskCache
+    directory = tmp_path / "segments"
+    cache = DiskCache(directory, capacity=3 * 1000 + 3 * 64)
+    await cache.open()
+    for seg in (1, 2, 3):  # one after the other: writes at once finish in any order
+        async with trio.open_nursery() as nursery:
+            cache.put_soon(nursery, seg, bytes([seg]) * 1000)
+    assert await cache.get(1) == bytes([1]) * 1000  # touched: now the newest
+    (directory / "9.tmp").write_bytes(b"half")  # a crash mid-write
+    reopened = DiskCache(directory, capacity=2 * 1000 + 2 * 64)  # smaller: the oldest must go
+    await reopened.open()
+    assert 2 not in reopened and 3 in reopened and 1 in reopened
+    assert sorted(os.listdir(directory)) == ["1", "3"]
+    assert await reopened.get(2) is None and reopened.misses == 1
+    async with trio.open_nursery() as nursery:
+        reopened.put_soon(nursery, 4, b"x" * 10_000)  # larger than the whole cache: not kept
+    assert 4 not in reopened and reopened.size <= reopened.capacity

@@ -311,6 +311,32 @@ def test_server_down_while_writing(volume):
     assert (volume.mountpoint / "offline.bin").read_bytes() == data
 
 
+def test_disk_cache_serves_reads_while_the_server_is_down(volume):
+    data = os.urandom(3_000_000)
+    (volume.mountpoint / "cached.bin").write_bytes(data)
+    volume.umount()  # posted and verified
+    with_disk_cache = ("mount", "vol", str(volume.mountpoint), "--passphrase-file", str(volume.passphrase_file),
+                       "-o", "disk_cache=64M")
+    volume.run(*with_disk_cache)
+    assert (volume.mountpoint / "cached.bin").read_bytes() == data  # from the server, kept on disk
+    segments = volume.home / "cache/volumes/vol/segments"
+    deadline = time.time() + 10
+    while len(list(segments.iterdir())) < 5 and time.time() < deadline:  # written in the background
+        time.sleep(0.05)
+    status = volume.run("status", str(volume.mountpoint)).stdout
+    assert "disk (segments)" in status and "of 67.1 MB" in status, status
+    volume.umount()
+    volume.run(*with_disk_cache)
+    volume.server.stop()
+    try:
+        assert (volume.mountpoint / "cached.bin").read_bytes() == data  # a new mount: from the disk alone
+    finally:
+        volume.server.start()
+    volume.umount()
+    volume.run("cache", "clear", "vol")
+    assert not segments.exists()
+
+
 def test_restore_on_a_new_machine_from_the_server_alone(volume, tmp_path):
     """Lose the machine: only the volume id and the passphrase survive."""
     import json

@@ -73,6 +73,7 @@ class MountRequest:
     notify_systemd: bool = False
     fsname: str | None = None  # the mount's source in /proc/mounts; default "usenetfs:NAME"
     bootstrap_keys: VolumeKeys | None = None  # from the passphrase: lets backups post the bootstrap
+    disk_cache_bytes: int | None = None  # the on-disk segment cache; None: the volume's setting
     # What runs the mount inside trio.run (request, ready fd) -> exit code; default `_serve`,
     # a volume's. A subscribed share brings its own (usenetfs/share/mount.py).
     serve: Callable[[MountRequest, int | None], Awaitable[int]] | None = None
@@ -119,6 +120,11 @@ def mount(request: MountRequest) -> int:
     raise UserError(verdict, EXIT_MOUNT_FAILED)
 
 
+def _chosen(option, setting):
+    """A mount option's value where one was given, else the volume's setting."""
+    return setting if option is None else option
+
+
 async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     from .backup import current as backup_current
     from .data import FileData
@@ -162,7 +168,9 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
                             staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes,
                             upload_concurrency=max(16, 8 * pool.max_connections),
-                            stream_segments=settings.stream_segments)
+                            stream_segments=settings.stream_segments,
+                            disk_cache_bytes=_chosen(request.disk_cache_bytes, settings.disk_cache_bytes),
+                            disk_cache_dir=volume.cache_dir / "segments")
             recovered = await data.recover()
             if recovered:
                 log.info("resuming the upload of %d files left by an earlier run", recovered)
@@ -452,7 +460,9 @@ async def _status(control: _Control) -> dict:
                         "configured": settings.connections,
                         "learned_limit": pool.learned_limit or settings.learned_connection_limit},
         "cache": {"memory_bytes": data.cache.size, "memory_limit": data.cache.capacity,
-                  "staging_bytes": data.staging.used, "staging_limit": data.staging.limit},
+                  "staging_bytes": data.staging.used, "staging_limit": data.staging.limit,
+                  "disk_bytes": data.disk_cache.size if data.disk_cache else 0,
+                  "disk_limit": data.disk_cache.capacity if data.disk_cache else 0},
         "health": [{"inode": ino, "paths": paths.get(ino, []), "problem": data.health(ino)} for ino in named],
         "unhealthy_files": len(unhealthy),
         "nntp": nntp,

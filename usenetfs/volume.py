@@ -55,6 +55,9 @@ class VolumeSettings:
     pad_articles: bool = False
     quota_bytes: int | None = None  # statfs size; None: a large constant
     cache_bytes: int = 256 << 20
+    # The on-disk segment cache under the volume's cache directory (0: none); a mount's
+    # -o disk_cache=SIZE overrides it.
+    disk_cache_bytes: int = 0
     staging_limit: int = 4 << 30
     # Upload a file still being written once this many whole segments past its uploaded
     # part wait (0: only after it is closed or idle). Off by default: measurements disagree

@@ -63,6 +63,8 @@ options (-o, comma-separated):
                         else a prompt on the terminal)
   config=FILE           more options from FILE, one per line ('#' comments)
   foreground            serve in the foreground; READY=1 to $NOTIFY_SOCKET once mounted
+  disk_cache=SIZE       keep up to SIZE (10G, 512M) of read segments on local disk, so files
+                        read again do not come from the server (0: off, the default)
   identity=FILE         a share: your identity file (a share granted to you)
   share_password_file=FILE  a share: its password
   server=URL, server_password_file=FILE

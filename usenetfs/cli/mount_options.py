@@ -1,6 +1,7 @@
 """The -o options of a usenetfs mount: one parser for `usenetfs mount -o` and `mount.usenetfs`.
 
-    usenetfs's own      home=DIR, passphrase_file=FILE, config=FILE, foreground
+    usenetfs's own      home=DIR, passphrase_file=FILE, config=FILE, foreground,
+                        disk_cache=SIZE (an on-disk segment cache of that many bytes: 10G, 512M, 0 off)
     shares (capability) identity=FILE, share_password_file=FILE, server=URL, server_password_file=FILE,
                         poll=SECONDS
     applied by usenetfs ro, rw, uid=, gid=, umask= (pyfuse3 refuses uid/gid/umask)
@@ -46,7 +47,7 @@ IGNORED_VALUED = frozenset({"comment", "user"})  # user=NAME: mount(8) records w
 FLAGS = FUSE_FLAGS | IGNORED | {"ro", "rw", "foreground"}
 SHARE_PATHS = frozenset({"identity", "share_password_file", "server_password_file"})  # mounting a capability
 VALUED = FUSE_VALUED | IGNORED_VALUED | SHARE_PATHS | {"uid", "gid", "umask", "home", "passphrase_file", "config",
-                                                      "server", "poll"}
+                                                      "server", "poll", "disk_cache"}
 SECRETS = frozenset({"passphrase", "password", "passwd", "pass", "secret", "key"})
 
 
@@ -67,6 +68,7 @@ class MountOptions:
     server: str | None = None  # read a share from this server (URL without a password)
     server_password_file: str | None = None
     poll: float | None = None  # a mounted share looks for a newer publish this often (seconds)
+    disk_cache_bytes: int | None = None  # the on-disk segment cache (None: the volume's setting)
     ignored: list[str] = field(default_factory=list)  # for -v: what was dropped and why
 
     def share_fields(self) -> dict:
@@ -80,7 +82,8 @@ class MountOptions:
     def request_fields(self) -> dict:
         """The fields of a `mountd.MountRequest` these options set."""
         return {"read_only": self.read_only, "allow_other": self.allow_other, "uid": self.uid,
-                "gid": self.gid, "umask": self.umask, "fuse_extra": list(self.fuse_extra)}
+                "gid": self.gid, "umask": self.umask, "fuse_extra": list(self.fuse_extra),
+                "disk_cache_bytes": self.disk_cache_bytes}
 
 
 def parse_mount_options(text: str, *, sloppy: bool = False) -> MountOptions:
@@ -166,6 +169,8 @@ def _apply(options: MountOptions, item: str, *, sloppy: bool, from_file: bool) -
         if not 1 <= poll <= 7 * 86400:
             raise UserError(f"invalid mount option {item!r}: poll takes seconds, from 1 to 604800")
         options.poll = poll
+    elif key == "disk_cache" and has_value:
+        options.disk_cache_bytes = parse_size(value, f"invalid mount option {item!r}")
     elif key == "server" and has_value:
         authority = value.partition("://")[2].split("/", 1)[0]
         if "@" in authority and ":" in authority.split("@", 1)[0]:
@@ -192,6 +197,23 @@ def _apply(options: MountOptions, item: str, *, sloppy: bool, from_file: bool) -
         options.ignored.append(f"{item} (unknown)")
     else:
         raise UserError(f"unknown mount option {item!r}")
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, error: str) -> int:
+    """Bytes from `10G`, `512M`, `64k`, `1.5G` or a plain number (binary units, an
+    optional trailing B); UserError(`error` + what is expected) otherwise."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1 << 20 or number != number:
+        raise UserError(f"{error}: give a size such as 10G, 512M or 0")
+    return int(number * _UNITS[unit])
 
 
 def _id_value(item: str, key: str, value: str) -> int:

@@ -214,7 +214,9 @@ def status_lines(report: dict) -> list[str]:
         f"  connections:  {conns['in_use']} in use, {conns['open']} open, cap {conns['cap']} "
         f"(configured {conns['configured']}, learned limit {learned})",
         f"  cache:        memory {_size(cache['memory_bytes'])} of {_size(cache['memory_limit'])}, "
-        f"disk (staging) {_size(cache['staging_bytes'])} of {_size(cache['staging_limit'])}",
+        f"disk (staging) {_size(cache['staging_bytes'])} of {_size(cache['staging_limit'])}"
+        + (f", disk (segments) {_size(cache['disk_bytes'])} of {_size(cache['disk_limit'])}"
+           if cache.get("disk_limit") else ""),
         "  segments:     " + ", ".join(f"{count} {state}" for state, count in segments.items()),
     ]
     if not _unhealthy(report):

@@ -8,6 +8,7 @@
     uploader.py  the background task: when to upload what, packing, runs, commit, retry
     reader.py    clean reads: extent maps, segment fetch with retries, read-ahead, health
     segcache.py  the segment LRU (bytes-bounded, first segments kept apart), single flight
+    diskcache.py the optional on-disk segment cache (bytes-bounded LRU of checked files)
     errors.py    `DataUnavailable` (EIO)
 
 A file is either *clean* (its bytes are the extents in the index, in verified segments)
@@ -52,7 +53,10 @@ Who owns what:
   waits for a running one. It fills `<ino>.tmp`, fsyncs it, and renames it into place
   only when done, so a crash never leaves a partial staging file.
 - Segment fetches: single flight per segment id (segcache.py); the first reader fetches,
-  others wait on its Event. Read-ahead tasks run in FileData.run()'s nursery.
+  others wait on its Event. Read-ahead tasks run in FileData.run()'s nursery, and so do
+  the on-disk cache's background writes (its dict and byte count: trio thread only; its
+  file work: worker threads on paths, a vanished file being a miss). A sequential
+  stream's `_seq` record (front, window, kept_from) belongs to the reads of that inode.
 - The extent-map cache: filled by reads, invalidated by the uploader's commit, by
   `truncate` and `open_for_write(truncate=True)`, and by `forget`.
 - Purging: a retired staging file is renamed aside (`purged-<ino>-<n>.tmp`) on the trio

@@ -21,6 +21,7 @@ from ..index import Index, NotFound
 from ..index.schema import VOLUME_SCOPE
 from ..store.base import SegmentStore
 from .copyin import StagedCopy, copy_into
+from .diskcache import DiskCache
 from .reader import Reader
 from .segcache import SegmentCache
 from .staging import DirtyFile, Staging, fsync_paths, sync_filesystem
@@ -46,6 +47,8 @@ class FileData:
         staging_limit: int = 4 * GiB,
         cache_bytes: int = 256 * MiB,
         readahead_bytes: int = 8 * MiB,
+        disk_cache_bytes: int = 0,  # the on-disk segment cache (0: none)
+        disk_cache_dir: str | os.PathLike[str] | None = None,  # default: cache_dir/segments
         # Tuning beyond the contract (defaults are what a mount wants):
         release_delay: float | None = None,  # close -> upload; default min(1 s, idle_seconds)
         upload_concurrency: int = 4,  # segment uploads in flight
@@ -68,6 +71,9 @@ class FileData:
         # First segments get an eighth of the cache (at least one segment, at most half).
         first_bytes = min(max(cache_bytes // 8, segment_size), 32 * MiB, cache_bytes // 2)
         self.cache = SegmentCache(cache_bytes, first_bytes)
+        self.disk_cache = None
+        if disk_cache_bytes > 0:
+            self.disk_cache = DiskCache(disk_cache_dir or self.cache_dir / "segments", disk_cache_bytes)
         self.reader = Reader(
             index,
             store,
@@ -75,6 +81,7 @@ class FileData:
             readahead_bytes=readahead_bytes,
             read_retries=read_retries,
             retry_delay=read_retry_delay,
+            disk=self.disk_cache,
         )
         self.uploader = Uploader(
             index,
@@ -109,6 +116,8 @@ class FileData:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The background uploader (and read-ahead tasks). Run it in the mount's nursery;
         cancelling it abandons uploads in flight (their staging files stay: recover())."""
+        if self.disk_cache is not None:
+            await self.disk_cache.open()
         async with trio.open_nursery() as nursery:
             self.reader.nursery = nursery
             self._running = True

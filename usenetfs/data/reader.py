@@ -3,8 +3,10 @@
 Owns
 - the per-inode cache of extent maps (`Index.extents`, one query per file until its
   extents change: the uploader's commit and truncate invalidate it);
-- `load`: one segment from the store, retried a few times with backoff (a fresh article
-  may answer 430 for a moment; a connection may die), then `DataUnavailable`;
+- `load`: one segment from the on-disk cache if there is one and it holds the segment,
+  else from the store, retried a few times with backoff (a fresh article may answer 430
+  for a moment; a connection may die), then `DataUnavailable`; what the store returns
+  goes to the on-disk cache in the background;
 - `read`: locate the pieces of [offset, offset + length) (layout.locate), fetch the needed
   segments in parallel through the SegmentCache (single flight), slice, zero-fill holes;
 - `copy_to`: the whole file into a descriptor (materialisation before the first write);
@@ -30,6 +32,7 @@ from ..index.layout import ExtentRow, Piece, locate
 from ..index.schema import DEAD, MISSING
 from ..nntp.errors import NNTPError
 from ..store.base import SegmentStore, SegmentUnavailable
+from .diskcache import DiskCache
 from .errors import DataUnavailable
 from .segcache import SegmentCache
 
@@ -57,10 +60,12 @@ class Reader:
         read_retries: int = 3,
         retry_delay: float = 0.5,
         fetch_concurrency: int = 4,
+        disk: DiskCache | None = None,
     ) -> None:
         self.index = index
         self.store = store
         self.cache = cache
+        self.disk = disk  # the optional on-disk cache, below the LRU (None: off)
         self.readahead_bytes = readahead_bytes
         self.read_retries = max(1, read_retries)
         self.retry_delay = retry_delay
@@ -108,17 +113,25 @@ class Reader:
     # ------------------------------------------------------------------ segments
 
     async def load(self, seg: int) -> bytes:
-        """Segment `seg` from the store, with retries; DataUnavailable (no inode) if not."""
+        """Segment `seg` from the disk cache, else from the store (with retries, and then
+        kept on disk); DataUnavailable (no inode) if neither has it."""
         try:
             row = self.index.segment(seg)
             scope = self.index.scope_bytes(row.scope)
         except NotFound as e:
             raise DataUnavailable(None, seg, f"not in the index ({e})") from None
+        if self.disk is not None:
+            data = await self.disk.get(seg)
+            if data is not None:
+                return data
         delay = self.retry_delay
         reason = "no attempt"
         for attempt in range(1, self.read_retries + 1):
             try:
-                return await self.store.get(row, scope)
+                data = await self.store.get(row, scope)
+                if self.disk is not None and self.nursery is not None:
+                    self.disk.put_soon(self.nursery, seg, data)
+                return data
             except SegmentUnavailable as e:
                 reason = e.reason
             except (NNTPError, OSError) as e:

@@ -98,7 +98,9 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
         async with NNTPClient(share.server, PoolOptions(max_connections=share.connections)) as client:
             store = KeyedSegmentStore(client, mirror.segment_secret, domain=data_params["domain"],
                                       cipher=data_params["cipher"], pad=data_params.get("pad"))
-            data = FileData(index, store, sub.data_dir, cache_bytes=CACHE_BYTES)
+            data = FileData(index, store, sub.data_dir, cache_bytes=CACHE_BYTES,
+                            disk_cache_bytes=request.disk_cache_bytes or 0,
+                            disk_cache_dir=sub.cache_dir / "segments")
             operations = Operations(index, data, read_only=True, uid=request.uid, gid=request.gid,
                                     umask=request.umask, writeback_cache=False)
             options = fuse_options(request.fsname or f"usenetfs:{sub.name}", allow_other=request.allow_other,
