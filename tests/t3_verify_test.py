@@ -8,6 +8,7 @@ import os
 import random
 
 import pytest
+import trio
 
 from usenetfs.errors import UserError
 from usenetfs.index import MISSING, ROOT_INODE, VERIFIED, Index
@@ -72,6 +73,25 @@ async def test_reports_missing_and_corrupt_segments_with_their_files(index, stor
         assert seen[-1] == (6, 6) and [done for done, _ in seen] == sorted(done for done, _ in seen)
         # Without --repair nothing changed in the index.
         assert index.segment(big[1]).state == VERIFIED and index.segment(big[1]).generation == 0
+
+
+async def test_repair_also_reposts_from_the_disk_cache(index, store, tmp_path):
+    # Streamed segments leave the memory LRU (scan resistance); the disk cache keeps them.
+    async with mounted(index, store, tmp_path / "cache", disk_cache_bytes=64 * SEG) as fs:
+        inos = await write_tree(fs)
+        big_ino = inos["/docs/big.bin"]
+        content = await fs.read(big_ino)
+        big = segments_of(index, big_ino)
+        while fs.data.disk_cache.writing or big[2] not in fs.data.disk_cache:
+            await trio.sleep(0.01)
+        fs.data.cache.clear()  # only the disk has it now
+        article(index, store, big[2]).unlink()
+        report = await Verifier(index, fs.data.store, repair=True, source=fs.data.cached_payload,
+                                on_repaired=fs.data.segment_repaired).run()
+        assert report.repaired == 1 and report.problems[0].segment == big[2]
+        fs.data.cache.clear()
+        fs.data.reader.disk = None  # read past the disk cache: the server has it again
+        assert await fs.read(big_ino) == content
 
 
 async def test_repair_reposts_what_the_cache_holds(index, store, tmp_path):

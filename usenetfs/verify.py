@@ -37,7 +37,7 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 
 import trio
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 BATCH = 1000  # segment ids per index query
 MAX_DETAILED = 10_000  # damaged segments reported one by one (the rest are counted)
 
-PayloadSource = Callable[[int], "bytes | None"]
+PayloadSource = Callable[[int], Awaitable["bytes | None"]]
 
 
 class VerifyStopped(UserError):
@@ -230,7 +230,7 @@ class Verifier:
         if self.source is None:
             problem.repair = "no local copy: only a mounted volume has a cache to repair from"
             return
-        payload = self.source(row.id)
+        payload = await self.source(row.id)
         if payload is None or len(payload) != row.payload_size:
             problem.repair = "not in the local cache: cannot be posted again"
             return

@@ -198,9 +198,13 @@ class FileData:
         failing = [ino for ino, d in self.staging.files.items() if d.failures]
         return sorted(set(failing) | set(self.reader.bad))
 
-    def cached_payload(self, seg: int) -> bytes | None:
-        """Segment `seg`'s payload if the read cache holds it (verify --repair re-posts it)."""
-        return self.cache.get(seg)
+    async def cached_payload(self, seg: int) -> bytes | None:
+        """Segment `seg`'s payload if the read cache (memory, then disk) holds it
+        (verify --repair re-posts it)."""
+        data = self.cache.get(seg)
+        if data is None and self.disk_cache is not None:
+            data = await self.disk_cache.get(seg)
+        return data
 
     def segment_repaired(self, seg: int) -> None:
         """`seg` was posted again under a new generation: forget the read failures it caused."""
