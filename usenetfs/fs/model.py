@@ -638,12 +638,6 @@ class FsModel:
         self._update_later(node, size=max(row.size, offset + n), mtime_ns=now, ctime_ns=now)
         return n
 
-    async def flush(self, fh: int) -> None:
-        """close(): nothing to do. The data is in the staging file (it survives a crash of
-        this process at once) and FileData makes it durable against a power cut within
-        its `commit_interval`, as ext4 does; fsync() is the call that waits for that."""
-        self.handle(fh)
-
     async def fsync(self, fh: int) -> None:
         ino = self.handle(fh).ino
         node = self.nodes.get(ino)

@@ -333,8 +333,15 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def flush(self, fh: int) -> None:
-        # close(): waits for neither the disk nor the network (see FsModel.flush).
-        await self.model.flush(fh)
+        # close() has nothing to do here. The data is in the staging file (it survives a
+        # crash of this process at once), FileData makes it durable against a power cut
+        # within its `commit_interval` as ext4 does, and fsync() is the call that waits for
+        # that. The kernel writes its cached pages back before it would send FLUSH, and
+        # reports their errors to close() itself. So answer ENOSYS: the kernel then stops
+        # sending FLUSH on this mount, one round trip less per file closed (9 -> 8 for a
+        # small file written by cp; memfs answers the same).
+        self.model.handle(fh)
+        raise FUSEError(errno.ENOSYS)
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
