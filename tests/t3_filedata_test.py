@@ -716,6 +716,11 @@ async def test_a_sequential_stream_does_not_fill_the_segment_cache(index, keys, 
         cached = [seg for seg in range(first, first + 12) if seg in fs.data.cache]
         assert cached == [first, first + 10, first + 11]  # the head, and the last two
         assert all(n == 1 for n in store.gets.values())  # nothing dropped before its read
+        # A stream that starts inside the first segment keeps it too.
+        fs.data.cache.clear()
+        for pos in range(SEG // 4, 6 * SEG, chunk):
+            assert await fs.read(ino, pos, chunk) == content[pos:pos + chunk]
+        assert first in fs.data.cache and first + 2 not in fs.data.cache
         # Random access keeps what it reads.
         for seg in (3, 7, 5):
             assert await fs.read(ino, seg * SEG + 100, 1000) == content[seg * SEG + 100:seg * SEG + 1100]

@@ -48,11 +48,15 @@ def _write_entry(directory: Path, seg: int, payload) -> int:
     """(Worker thread.) Write `payload` as segment `seg`'s file; its size on disk."""
     path = directory / str(seg)
     tmp = directory / f"{seg}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(_HEADER.pack(_MAGIC, zlib.crc32(payload)))
-        f.write(payload)
-    _touch(tmp)
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_HEADER.pack(_MAGIC, zlib.crc32(payload)))
+            f.write(payload)
+        _touch(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave nothing half-written behind
+        raise
     return _HEADER.size + len(payload)
 
 
@@ -70,18 +74,18 @@ def _read_entry(directory: Path, seg: int) -> bytes | None:
     path = directory / str(seg)
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            header = f.read(_HEADER.size)
+            payload = f.read()
     except FileNotFoundError:
         return None
-    if len(raw) >= _HEADER.size:
-        magic, crc = _HEADER.unpack_from(raw)
-        payload = memoryview(raw)[_HEADER.size:]
+    if len(header) == _HEADER.size:
+        magic, crc = _HEADER.unpack(header)
         if magic == _MAGIC and zlib.crc32(payload) == crc:
             try:
                 _touch(path)
             except FileNotFoundError:
                 pass  # evicted meanwhile: the bytes read are still right
-            return payload.tobytes()
+            return payload
     log.warning("disk cache: %s is damaged; fetching the segment again", path)
     path.unlink(missing_ok=True)
     return None
@@ -116,7 +120,10 @@ class DiskCache:
     def __init__(self, directory: str | os.PathLike[str], capacity: int) -> None:
         self.directory = Path(directory)
         self.capacity = capacity
-        self._entries: OrderedDict[int, int] = OrderedDict()  # segment -> bytes on disk, LRU first
+        # segment -> (bytes on disk, serial), LRU first; the serial tells a get that finds
+        # the file gone whether the entry it looked up is still the one in the dict
+        self._entries: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._serial = 0
         self.size = 0
         self._pending = 0  # payload bytes waiting for their write
         self._writing: set[int] = set()
@@ -128,9 +135,13 @@ class DiskCache:
         """Create the directory, or find what an earlier mount left in it."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         for _, seg, size in await trio.to_thread.run_sync(_scan, self.directory, limiter=self._limiter):
-            self._entries[seg] = size
-            self.size += size
+            self._add(seg, size)
         await self._evict()
+
+    def _add(self, seg: int, size: int) -> None:
+        self._serial += 1
+        self._entries[seg] = (size, self._serial)
+        self.size += size
 
     def __contains__(self, seg: int) -> bool:
         return seg in self._entries
@@ -142,7 +153,8 @@ class DiskCache:
 
     async def get(self, seg: int) -> bytes | None:
         """The payload of `seg` if the disk holds it (checked), else None."""
-        if seg not in self._entries:
+        entry = self._entries.get(seg)
+        if entry is None:
             self.misses += 1
             return None
         self._entries.move_to_end(seg)
@@ -152,7 +164,8 @@ class DiskCache:
             log.warning("disk cache: cannot read segment %d: %s", seg, error)
             data = None
         if data is None:
-            self._forget(seg)
+            if self._entries.get(seg) is entry:  # not evicted and written again meanwhile
+                self._forget(seg)
             self.misses += 1
             return None
         self.hits += 1
@@ -178,19 +191,18 @@ class DiskCache:
         finally:
             self._writing.discard(seg)
             self._pending -= len(payload)
-        self._entries[seg] = size
-        self.size += size
+        self._add(seg, size)
         await self._evict()
 
     def _forget(self, seg: int) -> None:
-        size = self._entries.pop(seg, None)
-        if size is not None:
-            self.size -= size
+        entry = self._entries.pop(seg, None)
+        if entry is not None:
+            self.size -= entry[0]
 
     async def _evict(self) -> None:
         victims = []
         while self.size > self.capacity and self._entries:
-            seg, size = self._entries.popitem(last=False)
+            seg, (size, _) = self._entries.popitem(last=False)
             self.size -= size
             victims.append(self.directory / str(seg))
         if victims:

@@ -288,9 +288,10 @@ class Reader:
         falls in, which the other read in flight may still need."""
         if behind <= kept_from:
             return kept_from
+        head = rows[0].segment if rows and rows[0].offset == 0 else None
         pieces = [p for p in locate(rows, kept_from, behind) if p.segment is not None]
         for p in pieces[:-1]:
-            if p.file_offset:
+            if p.segment != head:
                 self.cache.discard(p.segment)
         return pieces[-1].file_offset if pieces else behind
 
