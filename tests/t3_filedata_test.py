@@ -675,6 +675,15 @@ async def uploaded_file(index, keys, tmp_path, segments: int = 12):
     return store, content, ino, index.extents(ino)[0].segment
 
 
+async def test_a_read_of_cached_segments_fetches_nothing(index, keys, tmp_path):
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path, segments=3)
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=0) as fs:
+        assert await fs.read(ino, SEG - 10, 20) == content[SEG - 10:SEG + 10]  # two segments
+        gets, hits = dict(store.gets), fs.data.cache.hits
+        assert await fs.read(ino, SEG - 5, 10) == content[SEG - 5:SEG + 5]
+        assert store.gets == gets and fs.data.cache.hits == hits + 2
+
+
 async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
     store, content, ino, first = await uploaded_file(index, keys, tmp_path)
     async with mounted(index, store, tmp_path / "cache2", readahead_bytes=4 * SEG) as fs:

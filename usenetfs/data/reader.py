@@ -153,12 +153,15 @@ class Reader:
                 log.error("inode %d: segment %d unavailable: %s", ino, seg, e.reason)
             record[seg] = e.reason
             raise e.for_inode(ino) from None
+        self._succeeded(ino, seg)
+        return data
+
+    def _succeeded(self, ino: int | None, seg: int) -> None:
         if ino is not None and ino in self.bad:
             record = self.bad[ino]
             record.pop(seg, None)
             if not record:
                 del self.bad[ino]
-        return data
 
     def _slice(self, ino: int, piece: Piece, data: bytes) -> bytes | memoryview:
         """The piece's bytes of its segment's payload: a view (no copy: the caller
@@ -179,6 +182,17 @@ class Reader:
         """Payloads of `segs`, fetched in parallel (bounded); the first failure is raised
         once every fetch has finished (no half-cancelled single flights)."""
         out: dict[int, bytes] = {}
+        missing = []
+        for seg in segs:  # what the cache has needs no task (read-ahead makes that the rule)
+            data = self.cache.hit(seg, first=seg == first)
+            if data is None:
+                missing.append(seg)
+            else:
+                out[seg] = data
+                self._succeeded(ino, seg)
+        segs = missing
+        if not segs:
+            return out
         if len(segs) == 1:
             seg = segs[0]
             out[seg] = await self.segment(seg, ino=ino, first=seg == first, keep=keep)

@@ -65,6 +65,14 @@ class SegmentCache:
             self.put(seg, data, first=True)  # promote: it turned out to start a file
         return data
 
+    def hit(self, seg: int, *, first: bool = False) -> bytes | None:
+        """`get`, counted as a hit when it finds the payload (a reader that needs no
+        fetch: no task, no flight)."""
+        data = self.get(seg, first=first)
+        if data is not None:
+            self.hits += 1
+        return data
+
     def put(self, seg: int, data: bytes, *, first: bool = False) -> None:
         cache = self._first if first else self._main
         if len(data) > cache.maxsize:
