@@ -79,9 +79,9 @@ def mount_share(share: ShareMount, request: MountRequest) -> int:
 
 
 async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | None) -> int:
+    from ..codec.segment import tune_malloc
     from ..data import FileData
     from ..fs import Operations, fuse_options
-    from ..codec.segment import tune_malloc
     from ..session import check_server
 
     tune_malloc()  # as a volume's daemon: big buffers stay mapped (see there)
