@@ -200,8 +200,8 @@ class Volume:
                 output = log.read().strip()
             sys.exit(f"usenetfs {' '.join(args[:2])} failed (exit {result.returncode}): {output}")
 
-    def mount(self) -> None:
-        self.run("mount", self.name, str(self.mnt), "--passphrase-file", str(self.passphrase_file))
+    def mount(self, *options: str) -> None:
+        self.run("mount", self.name, str(self.mnt), "--passphrase-file", str(self.passphrase_file), *options)
 
     def umount(self) -> None:
         self.run("umount", str(self.mnt))
