@@ -144,9 +144,15 @@ def test_a_share_mounted_elsewhere_is_byte_exact_read_only_and_refreshes(owner, 
     # with poll= it looks for new publishes by itself.
     reader.umount()
     helper = subprocess.run([sys.executable, "-m", "usenetfs.cli.mount_helper", str(cap), str(reader.mountpoint),
-                             "-o", f"home={reader.home},poll=1"], capture_output=True, text=True, timeout=120)
+                             "-o", f"home={reader.home},poll=1,disk_cache=16M"], capture_output=True, text=True,
+                            timeout=120)
     assert (helper.returncode, helper.stderr) == (0, ""), helper.stderr + reader.log_tail()
     assert tree_digest(reader.mountpoint) == tree_digest(folder)
+    # disk_cache: the share's segments read just now are kept in its cache directory too.
+    deadline = time.monotonic() + 10
+    while not list(reader.home.glob("cache/subscriptions/*/segments/*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(reader.home.glob("cache/subscriptions/*/segments/[0-9]*")), reader.log_tail()
     (folder / "polled.txt").write_text("seen without a refresh\n")
     os.utime(folder / "polled.txt", ns=(1_700_000_000_000_000_000,) * 2)
     owner.run("share", "publish", str(folder))

@@ -5,6 +5,7 @@
       config_dir/subscriptions/ID/subscription.json   the capability and the server used
       data_dir/subscriptions/ID/mirror.sqlite         the mirror index (index/mirror.py)
       cache_dir/subscriptions/ID/objects/             tree objects already fetched and checked
+      cache_dir/subscriptions/ID/segments/            the on-disk segment cache (-o disk_cache)
 - `open_share`: newest genuine keyring -> the epoch key (open, password or identity) ->
   newest genuine root of that epoch; refuses an expired share with one line.
 - `Applier`: the root's tree into the mirror, in one index transaction. Directories are
