@@ -31,9 +31,9 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyfuse3

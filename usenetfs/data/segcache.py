@@ -103,9 +103,8 @@ class SegmentCache:
         `await load(seg)` (which raises DataUnavailable on failure). `keep=False` does not
         insert a freshly loaded payload (bulk copies that would only churn the LRU)."""
         while True:
-            data = self.get(seg, first=first)
+            data = self.hit(seg, first=first)
             if data is not None:
-                self.hits += 1
                 return data
             flight = self._flights.get(seg)
             if flight is None:
