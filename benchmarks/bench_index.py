@@ -19,6 +19,7 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from usenetfs.index import Index, extent  # noqa: E402
+from usenetfs.index.store import entry_inode_id  # noqa: E402
 
 SEG = 716_800
 REG = stat.S_IFREG | 0o644
@@ -148,7 +149,7 @@ BIG_FOLDER_FILES = 10_000  # one folder of this many files, at every scale
 SMALL_PER_SEGMENT = 7  # small files packed into one segment
 DEEP_CHAIN = 25  # depth of the deep folder chains (1% of the folders)
 YEAR_NS = 365 * 86400 * 10**9
-GENERATOR_VERSION = 4  # bump when the generated shape changes (invalidates cached files)
+GENERATOR_VERSION = 5  # bump when the generated shape changes (invalidates cached files)
 
 
 def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: int = 2) -> dict:
@@ -161,7 +162,8 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     KB), packed SMALL_PER_SEGMENT to a segment in the order they were written; 10% big,
     of ~85 segments on average, 0.5% of them of thousands; one big file in ten was partly
     overwritten (3 extent rows, one dead segment). Segments are verified (posted a while
-    ago, read back). Names arrive in random order (realistic b-tree fill).
+    ago, read back). Names arrive in random order (realistic b-tree fill); inode ids come
+    from per-directory blocks, as Index.make_node hands them out (`entry_inode_id`).
 
     Final-state rows written with executemany under bulk-load PRAGMAs into the schema
     Index.create made, with every refcount and counter computed exactly: `Index.fsck()`
@@ -183,13 +185,19 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     nlink = {1: 2}
     dir_path = {1: ""}
     next_ino = 2
+    blocks: dict[int, tuple[int | None, int | None]] = {}  # directory -> (alloc_next, alloc_end)
+
+    def new_id(parent: int) -> int:
+        """The id Index.make_node would give a new entry of `parent` (per-directory blocks)."""
+        nonlocal next_ino
+        ino, lo, hi, next_ino = entry_inode_id(*blocks.get(parent, (None, None)), next_ino)
+        blocks[parent] = (lo, hi)
+        return ino
 
     def mkdir(parent: int, name: bytes) -> int:
-        nonlocal next_ino
-        ino = next_ino
-        next_ino += 1
+        ino = new_id(parent)
         t = now - rng.randrange(YEAR_NS)
-        inode_rows.append([ino, DIR, 1000, 1000, 0, t, t, t, 2, 0, 0, parent])
+        inode_rows.append([ino, DIR, 1000, 1000, 0, t, t, t, 2, 0, 0, parent, None, None])
         dentries.append((parent, name, len(dentries) + 1, ino))
         nlink[parent] += 1
         nlink[ino] = 2
@@ -246,8 +254,7 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     samples: list[str] = []
     big_index = 0
     for k, parent in enumerate(homes):
-        ino = next_ino
-        next_ino += 1
+        ino = new_id(parent)
         if is_big[k]:
             count = counts[big_index]
             size = (count - 1) * seg_size + rng.randrange(1, seg_size)
@@ -286,7 +293,7 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
             stored_payload += pack_fill
         total_bytes += size
         t = now - rng.randrange(YEAR_NS)
-        inode_rows.append((ino, REG, 1000, 1000, size, t, t, t, 1, 0, 0, None))
+        inode_rows.append((ino, REG, 1000, 1000, size, t, t, t, 1, 0, 0, None, None, None))
         dentries.append((parent, name, len(dentries) + 1, ino))
         if len(samples) < 50_000 and rng.random() < 50_000 / n_files * 1.2:
             samples.append(dir_path[parent] + "/" + name.decode())
@@ -294,6 +301,7 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     for row in inode_rows:
         if row[1] == DIR:
             row[8] = nlink[row[0]]
+            row[12], row[13] = blocks.get(row[0], (None, None))
     n_dead = len(dead)
     log_rows = f"{len(inode_rows):,} inodes, {len(dentries):,} names, {len(extent_rows):,} extents"
     print(f"  rows built in memory: {time.perf_counter() - t0:.0f} s ({log_rows})", flush=True)
@@ -307,7 +315,9 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     db.execute("PRAGMA cache_size=-2000000")
     db.execute("PRAGMA locking_mode=EXCLUSIVE")
     db.execute("BEGIN")
-    db.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", inode_rows)
+    # In creation order, as a mount would insert them: with per-directory id blocks that
+    # is not id order, and the b-tree pages fill as they would in use.
+    db.executemany("INSERT INTO inodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", inode_rows)
     rng.shuffle(dentries)  # names arrive in no particular order: realistic b-tree fill
     db.executemany("INSERT INTO dentries (parent, name, id, inode) VALUES (?,?,?,?)", dentries)
     db.executemany("INSERT INTO extents VALUES (?,?,?,?,?,?,?)", extent_rows)
@@ -337,7 +347,7 @@ def generate(path: Path, scale: float, *, scope_id: bytes | None = None, seed: i
     }
     db.execute("UPDATE counters SET " + ", ".join(f"{k} = ?" for k in counters) + " WHERE id = 1",
                list(counters.values()))
-    db.execute("UPDATE inodes SET nlink = ? WHERE id = 1", (nlink[1],))
+    db.execute("UPDATE inodes SET nlink = ?, alloc_next = ?, alloc_end = ? WHERE id = 1", (nlink[1], *blocks[1]))
     db.execute("COMMIT")
     db.execute("PRAGMA locking_mode=NORMAL")
     db.execute("PRAGMA journal_mode=WAL")

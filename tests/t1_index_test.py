@@ -187,16 +187,39 @@ def test_migration_runs_each_step_once(path: Path, monkeypatch: pytest.MonkeyPat
         assert "flags" in [r[1] for r in db.execute("PRAGMA table_info(inodes)")]
 
 
+def _as_format_2(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE inodes DROP COLUMN alloc_next")
+        db.execute("ALTER TABLE inodes DROP COLUMN alloc_end")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'format_version'")
+
+
 def test_format_1_gets_the_orphans_index(path: Path):
     Index.create(path).close()
+    _as_format_2(path)
     with sqlite3.connect(path) as db:  # what a format-1 index looks like
         db.execute("DROP INDEX inodes_orphans")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     with Index.open(path) as ix:
-        assert ix.format_version == 2
+        assert ix.format_version == schema.FORMAT_VERSION
     with sqlite3.connect(path) as db:
         plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM inodes WHERE nlink = 0").fetchall()
     assert "inodes_orphans" in str(plan)  # the mount's orphan check is not a scan
+
+
+def test_format_2_gets_inode_id_blocks(path: Path):
+    with Index.create(path) as ix:
+        d = ix.make_node(ROOT_INODE, b"d", DIR, 0, 0)
+        a = mkfile(ix, b"a", 10, parent=d.id)
+        ix.checkpoint("TRUNCATE")
+    _as_format_2(path)
+    with Index.open(path) as ix:
+        assert ix.format_version == 3
+        # Existing directories have no block yet: the next entry takes a first one.
+        b = mkfile(ix, b"b", 10, parent=d.id)
+        c = mkfile(ix, b"c", 10, parent=d.id)
+        assert b > a and c == b + 1
+        assert ix.fsck() == []
 
 
 def test_engine_target_in_memory():
@@ -209,6 +232,57 @@ def test_engine_target_in_memory():
 
 
 # ---------------------------------------------------------------------------- inodes
+
+
+def test_a_directorys_entries_take_ids_from_its_own_blocks(ix: Index, path: Path):
+    from usenetfs.index.store import ENTRY_BLOCK, FIRST_BLOCK
+
+    a = ix.make_node(ROOT_INODE, b"a", DIR, 0, 0).id
+    b = ix.make_node(ROOT_INODE, b"b", DIR, 0, 0).id
+    # Files arriving in the two folders alternately, as two copies running at once.
+    ids: dict[int, list[int]] = {a: [], b: []}
+    for k in range(FIRST_BLOCK + ENTRY_BLOCK + 3):
+        for d in (a, b):
+            ids[d].append(mkfile(ix, b"f%d" % k, parent=d))
+    for d in (a, b):
+        got = ids[d]
+        runs = [got[:FIRST_BLOCK], got[FIRST_BLOCK:FIRST_BLOCK + ENTRY_BLOCK], got[FIRST_BLOCK + ENTRY_BLOCK:]]
+        for run in runs:
+            assert run == list(range(run[0], run[0] + len(run)))  # consecutive within a block
+    every = ids[a] + ids[b] + [a, b]
+    assert len(set(every)) == len(every)
+    # A failed create (the name exists) takes nothing: the next one gets the next id.
+    last = ids[a][-1]
+    with pytest.raises(Exists):
+        ix.make_node(a, b"f0", REG, 0, 0)
+    assert mkfile(ix, b"new", parent=a) == last + 1
+    # The block is in the index, not in memory: another Index (a later mount) goes on with it.
+    with Index.open(path) as again:
+        assert mkfile(again, b"after", parent=a) == last + 2
+        assert again.fsck() == []
+
+
+def test_fsck_drops_damaged_inode_id_blocks(ix: Index, path: Path):
+    d = ix.make_node(ROOT_INODE, b"d", DIR, 0, 0).id
+    e = ix.make_node(ROOT_INODE, b"e", DIR, 0, 0).id
+    f = mkfile(ix, b"f", parent=d)
+    mkfile(ix, b"g", parent=e)
+    with sqlite3.connect(path) as db:
+        block_e = db.execute("SELECT alloc_next, alloc_end FROM inodes WHERE id = ?", (e,)).fetchone()
+        db.execute("UPDATE inodes SET alloc_next = ?, alloc_end = ? WHERE id = ?", (*block_e, d))  # shared
+        db.execute("UPDATE inodes SET alloc_next = 7 WHERE id = ?", (f,))  # on a file
+        db.execute("UPDATE inodes SET alloc_next = ?, alloc_end = ? WHERE id = 1", (f, f + 2))  # holds f
+        db.execute("UPDATE counters SET next_inode = ?", (block_e[1] - 1,))  # behind a block
+    problems = "\n".join(ix.fsck())
+    assert "overlaps another" in problems
+    assert f"inode {f}: malformed inode id block" in problems
+    assert f"holds inode {f}" in problems
+    assert "counter next_inode" in problems
+    ix.fsck(repair=True)
+    assert ix.fsck() == []
+    used = {r[0] for r in sqlite3.connect(path).execute("SELECT id FROM inodes")}
+    for parent in (ROOT_INODE, d, e):
+        assert mkfile(ix, b"new", parent=parent) not in used
 
 
 def test_inode_create_get_update(ix: Index):
@@ -1018,8 +1092,8 @@ def test_fsck_repairs_extent_and_segment_damage(ix: Index, path: Path):
     with sqlite3.connect(path) as db:
         db.execute("UPDATE inodes SET size = ? WHERE id = ?", (2 * MiB + 1, f))  # extents beyond EOF
         db.execute("UPDATE segments SET state = 4 WHERE id = ?", (first,))  # referenced but dead
-        db.execute("INSERT INTO inodes SELECT ?, mode, uid, gid, 5, atime_ns, mtime_ns, ctime_ns, 1, 0, 0, NULL "
-                   "FROM inodes WHERE id = ?", (f + 100, f))
+        db.execute("INSERT INTO inodes SELECT ?, mode, uid, gid, 5, atime_ns, mtime_ns, ctime_ns, 1, 0, 0, "
+                   "NULL, NULL, NULL FROM inodes WHERE id = ?", (f + 100, f))
         db.execute("INSERT INTO dentries VALUES (1, 'h', 1000, ?)", (f + 100,))
         db.execute("UPDATE counters SET next_inode = ?, next_dentry = 1001", (f + 101,))
         db.execute("INSERT INTO extents VALUES (?, 0, 5, 99999, 0, 1, 5)", (f + 100,))

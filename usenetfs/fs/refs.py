@@ -6,12 +6,13 @@ evicts the inode, which it does only under memory pressure. After `find` over a 
 3.3M entries on a machine with free memory it holds all of them, and the mount must count
 each one until the matching forget. A `Node` per inode (its cached row and handles) cost
 ~600 bytes, 2 GB at that size; a dict entry per inode still ~80 (measured with
-benchmarks/bench_scale.py). Inode ids are allocated in sequence and never reused, so the
-counts live in flat arrays instead: blocks of 256 consecutive ids, each an array of
-counts and an array of packing groups (the directory a file was last seen in), 16 bytes
-an id. A block is made when the kernel first holds one of its ids and freed when it holds
-none, so the cost is at most 16 bytes times the highest id held (53 MB for 3.3M inodes,
-all held), and a few KB per block for scattered ones.
+benchmarks/bench_scale.py). Inode ids are never reused and are handed out in small
+per-directory blocks from one growing counter (docs/index.md, "Inode ids"), so they are
+dense enough for flat arrays: blocks of 256 consecutive ids, each an array of counts and
+an array of packing groups (the directory a file was last seen in), 16 bytes an id. A
+block is made when the kernel first holds one of its ids and freed when it holds none, so
+the cost is at most 16 bytes times the highest id held (the ids directories reserved but
+never used included), and a few KB per block for scattered ones.
 """
 
 from __future__ import annotations

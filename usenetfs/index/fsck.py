@@ -21,7 +21,9 @@ working on what the previous ones left:
  7. extents referencing segments that do not exist (dropped: the bytes read as a hole)
  8. refcounts recounted from extents; unreferenced segments die, referenced dead ones
     come back (posted -> re-verified, never posted -> pending again)
- 9. statfs counters and id allocators against a full recount
+ 9. inode id blocks of directories: malformed, on a non-directory, overlapping another
+    block or holding an id in use -> dropped (the directory takes a new block)
+10. statfs counters and id allocators against a full recount
 """
 
 from __future__ import annotations
@@ -409,7 +411,37 @@ class _Fsck:
         if self.repair:
             self.wmany("UPDATE segments SET refcount = ?, state = ? WHERE id = ?", fixes)
 
-    # -------------------------------------------------------------- 9. counters
+    # -------------------------------------------------------------- 9. inode id blocks
+
+    def id_blocks(self) -> None:
+        """A directory's block [alloc_next, alloc_end) must be ids nobody has: a new entry
+        takes alloc_next as its inode id. Dropping a block is always safe."""
+        blocks = []
+        bad = []
+        for ino, mode, lo, hi in self.q(
+            "SELECT id, mode, alloc_next, alloc_end FROM inodes WHERE alloc_next IS NOT NULL OR alloc_end IS NOT NULL"
+        ):
+            if (mode & S_IFMT) != S_IFDIR or lo is None or hi is None or lo > hi:
+                self.report(f"inode {ino}: malformed inode id block [{lo}, {hi})")
+                bad.append(ino)
+            elif lo < hi:
+                blocks.append((lo, hi, ino))
+        blocks.sort()
+        end = 0
+        for lo, hi, ino in blocks:
+            if lo < end:
+                self.report(f"directory {ino}: inode id block [{lo}, {hi}) overlaps another")
+                bad.append(ino)
+                continue
+            end = hi
+            used = self.q("SELECT id FROM inodes WHERE id >= ? AND id < ? LIMIT 1", (lo, hi)).fetchone()
+            if used is not None:
+                self.report(f"directory {ino}: inode id block [{lo}, {hi}) holds inode {used[0]}")
+                bad.append(ino)
+        if self.repair:
+            self.wmany("UPDATE inodes SET alloc_next = NULL, alloc_end = NULL WHERE id = ?", [(i,) for i in bad])
+
+    # -------------------------------------------------------------- 10. counters
 
     def counters(self) -> None:
         truth = dict.fromkeys(COUNTER_NAMES, 0)
@@ -426,11 +458,13 @@ class _Fsck:
                 truth[names[state]] = n
             truth["garbage_bytes" if state == DEAD else "stored_bytes"] += stored
         max_segment = self.q("SELECT coalesce(max(id), 0) FROM segments").fetchone()[0]
+        max_block_end = self.q("SELECT coalesce(max(alloc_end), 0) FROM inodes").fetchone()[0]
         row = self.q(f"SELECT {', '.join(COUNTER_NAMES)} FROM counters WHERE id = 1").fetchone()
         stored = dict(zip(COUNTER_NAMES, row))
         # Allocators must stay ahead of every id ever used (ids are never reused: a
         # segment id names articles already on the server); only "behind" is wrong.
-        truth["next_inode"] = max(stored["next_inode"], max_inode + 1)
+        # Directories' blocks of ids (step 9) are ahead of it too.
+        truth["next_inode"] = max(stored["next_inode"], max_inode + 1, max_block_end)
         truth["next_segment"] = max(stored["next_segment"], max_segment + 1)
         truth["next_dentry"] = max(stored["next_dentry"], self._max_dentry() + 1)
         for name in COUNTER_NAMES:
@@ -444,7 +478,7 @@ class _Fsck:
 
     def run(self, progress=None) -> list[str]:
         steps = (self.root, self.dentries, self.tree, self.nameless, self.nlinks, self.inode_data,
-                 self.missing_segments, self.refcounts, self.counters)
+                 self.missing_segments, self.refcounts, self.id_blocks, self.counters)
         for done, step in enumerate(steps):
             if progress is not None:
                 progress(done, len(steps))
@@ -455,7 +489,7 @@ class _Fsck:
 
 
 def check(ix: Index, repair: bool, progress=None) -> list[str]:
-    """`progress(steps_done, steps)` is called before each of the nine steps and at the end."""
+    """`progress(steps_done, steps)` is called before each of the ten steps and at the end."""
     if ix._depth:
         raise RuntimeError("fsck cannot run inside a batch")
     # One transaction either way: a consistent snapshot for the check, atomic repairs.

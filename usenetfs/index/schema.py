@@ -31,7 +31,7 @@ from sqlalchemy import (
 
 # Version 1: the first format. Bump it with every schema change and register the step
 # that upgrades an index from the previous version in MIGRATIONS.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # Segment states (segments.state).
 PENDING = 0  # row committed before the POST (intent); nothing on the server yet, or unknown
@@ -110,6 +110,11 @@ inodes = Table(
     Column("generation", Integer, nullable=False),
     Column("rdev", Integer, nullable=False),
     Column("parent", Integer),  # directories: the directory holding it (root: itself); else NULL
+    # Directories: the block of inode ids reserved for their new entries, [alloc_next,
+    # alloc_end) (index/store.py `_entry_inode_id`: a folder's rows sit together in this
+    # table). NULL: no block taken yet. Else NULL (one header byte each).
+    Column("alloc_next", Integer),
+    Column("alloc_end", Integer),
 )
 # Inodes with no name left (unlinked while open; deleted at forget, or at the next mount
 # after a crash): a partial index, empty in normal use, so the mount's orphan check
@@ -193,4 +198,12 @@ extents = Table(
 Migration = Callable[[Connection], None]
 MIGRATIONS: dict[int, Migration] = {
     1: lambda conn: ORPHANS_INDEX.create(conn),  # 1 -> 2: the orphans index
+    2: lambda conn: _add_alloc_columns(conn),  # 2 -> 3: per-directory inode id blocks
 }
+
+
+def _add_alloc_columns(conn: Connection) -> None:
+    # ADD COLUMN rewrites no row: the existing ones read the new columns as NULL, "no
+    # block yet", and every directory takes its first block at its next new entry.
+    conn.exec_driver_sql("ALTER TABLE inodes ADD COLUMN alloc_next INTEGER")
+    conn.exec_driver_sql("ALTER TABLE inodes ADD COLUMN alloc_end INTEGER")

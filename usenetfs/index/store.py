@@ -103,6 +103,22 @@ SQL = {
     "WHERE id BETWEEN ?2 AND ?3 AND refcount <= 0 AND state != 4 GROUP BY state",
     "get_xattr": "SELECT value FROM xattrs WHERE inode = ? AND name = ?",
 }
+# Inode ids a directory reserves for its new entries at a time: the first block, then
+# each next one (`_entry_inode_id`).
+FIRST_BLOCK = 4
+ENTRY_BLOCK = 16
+
+
+def entry_inode_id(alloc_next: int | None, alloc_end: int | None, next_inode: int) -> tuple[int, int, int, int]:
+    """The policy of `Index._entry_inode_id`, pure (bench_index's generator follows it too):
+    (the new entry's inode id, the directory's alloc_next and alloc_end after it, the
+    volume's next_inode after it)."""
+    if alloc_next is not None and alloc_next < alloc_end:
+        return alloc_next, alloc_next + 1, alloc_end, next_inode
+    size = FIRST_BLOCK if alloc_end is None else ENTRY_BLOCK
+    return next_inode, next_inode + 1, next_inode + size, next_inode + size
+
+
 _INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_DENTRY = "INSERT INTO dentries (parent, name, id, inode) VALUES (?, ?, ?, ?)"
 _INSERT_EXTENT = f"INSERT INTO extents ({_EXT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -429,16 +445,18 @@ class Index:
             return self._create_inode(mode, uid, gid, rdev, self._now(now_ns), nlink=None, parent=None, size=0)
 
     def _create_inode(
-        self, mode: int, uid: int, gid: int, rdev: int, now: int, *, nlink: int | None, parent: int | None, size: int
+        self, mode: int, uid: int, gid: int, rdev: int, now: int, *, nlink: int | None, parent: int | None, size: int,
+        ino: int | None = None,
     ) -> InodeRow:
         if not mode & S_IFMT:
             raise ValueError("mode must include the file type bits")
         if nlink is None:
             nlink = 1 if _is_dir(mode) else 0
-        ino = self._c["next_inode"]
+        if ino is None:
+            ino = self._c["next_inode"]
+            self._c["next_inode"] = ino + 1
         row = InodeRow(ino, mode, uid, gid, size, now, now, now, nlink, 0, rdev, parent)
         self._w(_INSERT_INODE, row)
-        self._c["next_inode"] = ino + 1
         self._c["inodes"] += 1
         self._c["total_bytes"] += size
         return row
@@ -463,12 +481,12 @@ class Index:
             raise ValueError("a symlink needs a target, and only a symlink has one")
         now = self._now(now_ns)
         with self._txn:
-            p = self._q("SELECT mode FROM inodes WHERE id = ?", (parent,)).fetchone()
+            p = self._q("SELECT mode, alloc_next, alloc_end FROM inodes WHERE id = ?", (parent,)).fetchone()
             if p is None:
                 raise NotFound(f"no inode {parent}")
             if not _is_dir(p[0]):
                 raise NotADirectory(f"inode {parent} is not a directory")
-            ino = self._c["next_inode"]
+            ino, alloc_next, alloc_end = self._entry_inode_id(p[1], p[2])
             self._insert_dentry(parent, name, ino)
             is_dir = _is_dir(mode)
             row = self._create_inode(
@@ -480,14 +498,35 @@ class Index:
                 nlink=2 if is_dir else 1,
                 parent=parent if is_dir else None,
                 size=len(target) if target is not None else 0,
+                ino=ino,
             )
             if target is not None:
                 self._w("INSERT INTO symlinks (inode, target) VALUES (?, ?)", (ino, target))
             self._w(
-                "UPDATE inodes SET nlink = nlink + ?, mtime_ns = ?, ctime_ns = ? WHERE id = ?",
-                (1 if is_dir else 0, now, now, parent),
+                "UPDATE inodes SET nlink = nlink + ?, mtime_ns = ?, ctime_ns = ?, alloc_next = ?, alloc_end = ? "
+                "WHERE id = ?",
+                (1 if is_dir else 0, now, now, alloc_next, alloc_end, parent),
             )
             return row
+
+    def _entry_inode_id(self, alloc_next: int | None, alloc_end: int | None) -> tuple[int, int, int]:
+        """The inode id of a directory's new entry, from the directory's block of ids
+        [alloc_next, alloc_end); a new block from `next_inode` when it has none left.
+        Returns (id, the block's new alloc_next, alloc_end), which the caller writes to
+        the directory's row in the same transaction (a rollback undoes both).
+
+        Why blocks: the inodes table is ordered by id, and readdir, find and stat read the
+        rows of one folder's entries together. From one global counter, a folder filled
+        over months (a photo library), or any folder while others fill too, would have
+        its rows spread over the whole table, one b-tree leaf per entry, and at 3M files
+        those leaves are not in the page cache (docs/scale.md). From blocks, a folder's
+        entries sit FIRST_BLOCK or ENTRY_BLOCK to a run. The first block is small because
+        most folders hold a few entries: the ids left unused in blocks are never handed
+        out (ids are never reused), which costs nothing in the table and a little in
+        fs/refs.py's arrays, whose blocks follow the id space."""
+        ino, alloc_next, alloc_end, next_inode = entry_inode_id(alloc_next, alloc_end, self._c["next_inode"])
+        self._c["next_inode"] = next_inode
+        return ino, alloc_next, alloc_end
 
     def _insert_dentry(self, parent: int, name: bytes, ino: int) -> None:
         # The first write of link/make_node: a duplicate name fails here, before anything
