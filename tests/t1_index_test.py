@@ -256,6 +256,15 @@ def test_a_directorys_entries_take_ids_from_its_own_blocks(ix: Index, path: Path
     with pytest.raises(Exists):
         ix.make_node(a, b"f0", REG, 0, 0)
     assert mkfile(ix, b"new", parent=a) == last + 1
+    # Also when it would have taken a new block: the counter comes back with the rollback.
+    c = ix.make_node(ROOT_INODE, b"c", DIR, 0, 0).id
+    for k in range(FIRST_BLOCK):
+        mkfile(ix, b"f%d" % k, parent=c)
+    before = ix._c["next_inode"]
+    with pytest.raises(Exists):
+        ix.make_node(c, b"f0", REG, 0, 0)
+    assert ix._c["next_inode"] == before
+    assert mkfile(ix, b"next", parent=c) == before
     # The block is in the index, not in memory: another Index (a later mount) goes on with it.
     with Index.open(path) as again:
         assert mkfile(again, b"after", parent=a) == last + 2
