@@ -111,7 +111,7 @@ inodes = Table(
     Column("rdev", Integer, nullable=False),
     Column("parent", Integer),  # directories: the directory holding it (root: itself); else NULL
     # Directories: the block of inode ids reserved for their new entries, [alloc_next,
-    # alloc_end) (index/store.py `_entry_inode_id`: a folder's rows sit together in this
+    # alloc_end) (index/store.py `entry_inode_id`: a folder's rows sit together in this
     # table). NULL: no block taken yet. Else NULL (one header byte each).
     Column("alloc_next", Integer),
     Column("alloc_end", Integer),

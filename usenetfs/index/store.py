@@ -104,15 +104,26 @@ SQL = {
     "get_xattr": "SELECT value FROM xattrs WHERE inode = ? AND name = ?",
 }
 # Inode ids a directory reserves for its new entries at a time: the first block, then
-# each next one (`_entry_inode_id`).
+# each next one (`entry_inode_id`).
 FIRST_BLOCK = 4
 ENTRY_BLOCK = 16
 
 
 def entry_inode_id(alloc_next: int | None, alloc_end: int | None, next_inode: int) -> tuple[int, int, int, int]:
-    """The policy of `Index._entry_inode_id`, pure (bench_index's generator follows it too):
-    (the new entry's inode id, the directory's alloc_next and alloc_end after it, the
-    volume's next_inode after it)."""
+    """The inode id of a directory's new entry (make_node; bench_index's generator follows
+    it too): the next id of the directory's block [alloc_next, alloc_end), or the first of
+    a new block from `next_inode` when it has none left. Returns (the id, the directory's
+    alloc_next and alloc_end after it, the volume's next_inode after it).
+
+    Why blocks: the inodes table is ordered by id, and readdir, find and stat read the
+    rows of one folder's entries together. From one global counter, a folder filled over
+    months (a photo library), or any folder while others fill too, would have its rows
+    spread over the whole table, one b-tree leaf per entry, and at 3M files those leaves
+    are not in the page cache (docs/scale.md). From blocks, a folder's entries sit
+    FIRST_BLOCK or ENTRY_BLOCK to a run. The first block is small because most folders
+    hold a few entries: the ids left unused in blocks are never handed out (ids are never
+    reused), which costs nothing in the table and a little in fs/refs.py's arrays, whose
+    blocks follow the id space."""
     if alloc_next is not None and alloc_next < alloc_end:
         return alloc_next, alloc_next + 1, alloc_end, next_inode
     size = FIRST_BLOCK if alloc_end is None else ENTRY_BLOCK
@@ -486,7 +497,9 @@ class Index:
                 raise NotFound(f"no inode {parent}")
             if not _is_dir(p[0]):
                 raise NotADirectory(f"inode {parent} is not a directory")
-            ino, alloc_next, alloc_end = self._entry_inode_id(p[1], p[2])
+            # The directory's block (alloc_next, alloc_end) and the counter change together,
+            # so a rollback takes back both.
+            ino, alloc_next, alloc_end, self._c["next_inode"] = entry_inode_id(p[1], p[2], self._c["next_inode"])
             self._insert_dentry(parent, name, ino)
             is_dir = _is_dir(mode)
             row = self._create_inode(
@@ -508,25 +521,6 @@ class Index:
                 (1 if is_dir else 0, now, now, alloc_next, alloc_end, parent),
             )
             return row
-
-    def _entry_inode_id(self, alloc_next: int | None, alloc_end: int | None) -> tuple[int, int, int]:
-        """The inode id of a directory's new entry, from the directory's block of ids
-        [alloc_next, alloc_end); a new block from `next_inode` when it has none left.
-        Returns (id, the block's new alloc_next, alloc_end), which the caller writes to
-        the directory's row in the same transaction (a rollback undoes both).
-
-        Why blocks: the inodes table is ordered by id, and readdir, find and stat read the
-        rows of one folder's entries together. From one global counter, a folder filled
-        over months (a photo library), or any folder while others fill too, would have
-        its rows spread over the whole table, one b-tree leaf per entry, and at 3M files
-        those leaves are not in the page cache (docs/scale.md). From blocks, a folder's
-        entries sit FIRST_BLOCK or ENTRY_BLOCK to a run. The first block is small because
-        most folders hold a few entries: the ids left unused in blocks are never handed
-        out (ids are never reused), which costs nothing in the table and a little in
-        fs/refs.py's arrays, whose blocks follow the id space."""
-        ino, alloc_next, alloc_end, next_inode = entry_inode_id(alloc_next, alloc_end, self._c["next_inode"])
-        self._c["next_inode"] = next_inode
-        return ino, alloc_next, alloc_end
 
     def _insert_dentry(self, parent: int, name: bytes, ino: int) -> None:
         # The first write of link/make_node: a duplicate name fails here, before anything
