@@ -308,3 +308,71 @@ async def test_authentic_articles_with_other_bytes_are_never_taken_for_a_chunk(m
         path.write_bytes(article[:article.index(b"\r\n\r\n") + 4] + forged + b".\r\n")
         with pytest.raises(UserError, match="does not match its hash"):
             await restore_into(tmp_path / "third", machine, client)
+
+
+def whole_file_digests(machine: Machine) -> list[bytes]:
+    """The chunk digests of the index file as it is now, read whole (the truth the
+    incremental ones must equal); the index is checkpointed first."""
+    assert machine.index.checkpoint("TRUNCATE")[2] >= 0
+    return digest_file(machine.volume.index_file, hash_key(machine.keys), CHUNK)
+
+
+async def test_backups_of_the_tracked_index_hash_only_the_changed_chunks(machine, tmp_path):
+    """The mount's path: the Index tracks the pages written, the backup freezes the file
+    instead of copying it, and given the last backup's digests hashes only the chunks
+    those pages fall in. The digests must equal a hash of the whole file, and the
+    restore must be the same index."""
+    index = machine.index
+    index.track_changes(None)  # as a mount without a note starts: what changed is not known
+    async with machine.client() as client:
+        first = await machine.backup(client, index=index)
+        assert not first.copied and first.hashed == first.chunks >= 40  # no basis: every chunk
+        assert not index.changes.lost and not index.changes.pages
+        assert list(first.basis.digests) == whole_file_digests(machine)
+
+        add_files(index, b"holiday", 100)
+        index.rename(ROOT_INODE, b"photos", ROOT_INODE, b"pictures")
+        second = await machine.backup(client, index=index, basis=first.basis)
+        assert not second.copied and 1 <= second.hashed <= second.chunks // 4
+        assert list(second.basis.digests) == whole_file_digests(machine)
+        assert index.checkpoints_held is False
+
+        third = await machine.backup(client, index=index, basis=second.basis)  # nothing written
+        assert third.hashed == 0 and third.posted == 0
+        expected = machine.dump()
+        volume, seq = await restore_into(tmp_path / "second", machine, client)
+    assert seq == 3 and dump(volume.index_file) == expected
+
+
+async def test_a_failed_backup_leaves_its_pages_for_the_next(machine):
+    index = machine.index
+    changes = index.track_changes()
+    async with machine.client() as client:
+        first = await machine.backup(client, index=index)
+        add_files(index, b"holiday", 100)
+        dead = NNTPClient(ServerConfig("127.0.0.1", 9), PoolOptions(max_connections=1),
+                          policies=scaled_policies(0.001))
+        async with dead:
+            with pytest.raises(Exception):
+                await machine.backup(dead, index=index, basis=first.basis)
+        assert index.checkpoints_held is False and changes.pages  # given back
+        second = await machine.backup(client, index=index, basis=first.basis)
+        assert 1 <= second.hashed < second.chunks
+        assert list(second.basis.digests) == whole_file_digests(machine)
+
+
+async def test_an_index_a_reader_keeps_from_freezing_is_copied(machine):
+    index = machine.index
+    index.track_changes()
+    add_files(index, b"holiday", 10)  # frames in the WAL that the reader below pins
+    reader = sqlite3.connect(machine.volume.index_file)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM inodes").fetchone()  # a read snapshot before them?
+        add_files(index, b"later", 10)  # ... and frames after it: the checkpoint cannot copy these
+        async with machine.client() as client:
+            stats = await machine.backup(client, index=index)
+        assert stats.copied and stats.hashed == stats.chunks
+    finally:
+        reader.close()
+    assert list(stats.basis.digests) != [] and index.checkpoints_held is False

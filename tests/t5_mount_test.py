@@ -456,6 +456,7 @@ def test_an_index_unchanged_since_its_backup_is_not_backed_up_again(make_inn, tm
         again = trio.run(control_request, volume, "backup")
         assert first["backup"] == 2 and "unchanged" not in first
         assert again == {"ok": True, "backup": 2, "unchanged": True}
+        assert first["hashed_chunks"] <= first["chunks"]
         mount.umount()
         assert last_backup() == 2
         # A mount whose index was touched behind its back (another backup's note does
@@ -467,5 +468,54 @@ def test_an_index_unchanged_since_its_backup_is_not_backed_up_again(make_inn, tm
         mount.mount()
         mount.umount()
         assert last_backup() == 3
+    finally:
+        mount.cleanup()
+
+
+def test_a_backup_after_a_remount_hashes_only_what_changed(make_inn, tmp_path):
+    """The pages written since the last backup, and that backup's chunk digests, carry
+    over an umount: the next mount's backup reads and hashes only the chunks that changed
+    (backup/current.py), and the restored index still has every file."""
+    import trio
+
+    from usenetfs.home import Home
+    from usenetfs.mountd import control_request
+    from usenetfs.volume import Volume
+    server = make_inn()
+    mount = Mount(tmp_path, server.url)
+    volume = Volume(Home.resolve(mount.home), "vol")
+    try:
+        mount.mount()
+        for k in range(40):  # an index of a few 256 KiB chunks
+            folder = mount.mountpoint / f"folder{k:02d}"
+            folder.mkdir()
+            for j in range(100):
+                (folder / f"file{j:03d}.txt").write_text(f"{k} {j}\n")
+        mount.umount()  # backup 1: every chunk hashed
+        mount.mount()
+        (mount.mountpoint / "folder07" / "new.txt").write_text("after the remount\n")
+        mount.run("flush", str(mount.mountpoint))
+        second = trio.run(control_request, volume, "backup")
+        assert second["backup"] == 2 and second["chunks"] >= 3, second
+        assert 1 <= second["hashed_chunks"] < second["chunks"], second
+        mount.umount()
+        # The incremental backup restores to the whole index, on another machine.
+        other = tmp_path / "other"
+        env = {**os.environ, "USENETFS_HOME": str(other / "home")}
+        cli = [sys.executable, "-m", "usenetfs.cli.main"]
+        restored = subprocess.run(cli + ["restore", "vol", "--volume-id", volume.load().volume_id, "--server",
+                                         server.url, "--passphrase-file", str(mount.passphrase_file)],
+                                  env=env, capture_output=True, text=True, timeout=120)
+        assert restored.returncode == 0 and "from index backup 2" in restored.stdout, restored.stderr
+        mnt = other / "mnt"
+        mnt.mkdir()
+        mounted = subprocess.run(cli + ["mount", "vol", str(mnt), "--passphrase-file", str(mount.passphrase_file)],
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert mounted.returncode == 0, mounted.stderr
+        try:
+            assert (mnt / "folder07" / "new.txt").read_text() == "after the remount\n"
+            assert len(os.listdir(mnt / "folder39")) == 100 and len(os.listdir(mnt)) == 40
+        finally:
+            subprocess.run(cli + ["umount", str(mnt), "--no-wait"], env=env, capture_output=True, timeout=120)
     finally:
         mount.cleanup()

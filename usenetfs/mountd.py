@@ -48,6 +48,7 @@ from .process import process_alive
 from .volume import LOCAL_SERVER, Volume, VolumeSettings, write_json_atomic
 
 if TYPE_CHECKING:  # imported where they are used: the CLI loads this module for control requests
+    from .backup.current import Basis
     from .data import FileData
     from .index import Index
     from .store import NNTPSegmentStore
@@ -153,11 +154,16 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
         await check_server(config, group=settings.group)
-        as_backed_up = volume.index_file.exists() and backup_current.take(volume, settings.last_backup)
+        carried = backup_current.take(volume, settings.last_backup) if volume.index_file.exists() else None
         index = Index.open(volume.index_file) if volume.index_file.exists() else \
             Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                          uid=os.getuid(), gid=os.getgid())
-        backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup)
+        if index.migrated:
+            carried = None  # the migration rewrote pages, and its checkpoints were not tracked
+        index.track_changes(carried.pages if carried is not None else None)
+        as_backed_up = carried is not None and not carried.pages
+        backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup,
+                              carried.basis if carried is not None else None)
         for ino in index.orphans():  # unlinked while open when the last mount crashed
             index.delete_inode(ino)  # its staging file, if any, is dropped by recover()
         pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
@@ -186,15 +192,17 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                     backup_lock = trio.Lock()  # one backup at a time (umount's and the timer's)
 
                     async def run_backup() -> dict:
-                        from .backup import backup
+                        from .backup import post_backup
                         async with backup_lock:
                             writes = index.writes  # the snapshot holds at least these
                             if writes == backed_up.writes:  # no change since the last backup
                                 return {"ok": True, "backup": backed_up.seq, "unchanged": True}
-                            seq = await backup(volume, volume.load(), request.keys, client,
-                                               request.bootstrap_keys)
-                            backed_up.writes, backed_up.seq = writes, seq
-                        return {"ok": True, "backup": seq}
+                            stats = await post_backup(volume, volume.load(), request.keys, client,
+                                                      request.bootstrap_keys, index=index,
+                                                      basis=backed_up.basis)
+                            backed_up.writes, backed_up.seq, backed_up.basis = writes, stats.seq, stats.basis
+                        return {"ok": True, "backup": stats.seq, "hashed_chunks": stats.hashed,
+                                "chunks": stats.chunks}
 
                     nursery.start_soon(_backup_when_settled, volume, data, run_backup)
                     throughput = Throughput(client.retrier.stats)
@@ -222,10 +230,12 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         return failed_to_mount(ready_fd, error)
     finally:
         if index is not None:
-            unchanged = backed_up is not None and backed_up.writes == index.writes
             index.close()
-            if unchanged:  # the next mount need not back up an index it does not change
-                backup_current.note(volume, backed_up.seq)
+            changes = index.changes
+            if backed_up is not None and backed_up.basis is not None and changes is not None and not changes.lost:
+                # The next mount's first backup then hashes only what changed since the
+                # last one (and none at all, if nothing did).
+                backup_current.note(volume, backed_up.basis, changes.pages)
         if local_server is not None:
             local_server.stop()
         owner.close()
@@ -267,13 +277,14 @@ async def _backup_when_settled(volume: Volume, data, run_backup) -> None:
 @dataclass
 class _BackedUp:
     """The index as of the newest backup: the mount's Index write count then (None:
-    unknown, the next backup runs) and the backup's number. An umount (or a timer) asking
-    for a backup of an index with no write since gets that number back, and costs nothing
-    (a backup copies and hashes the whole index: seconds at full size). backup/current.py
-    carries "no write since backup N" from one mount to the next."""
+    unknown, the next backup runs), the backup's number and its chunks (None: unknown,
+    the next backup hashes every chunk). An umount (or a timer) asking for a backup of an
+    index with no write since gets that number back and costs nothing. backup/current.py
+    carries the chunks and the pages written since from one mount to the next."""
 
     writes: int | None
     seq: int
+    basis: Basis | None = None
 
 
 def _index_signature(volume: Volume) -> tuple:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,6 +73,17 @@ def digest_file(path: Path, key: bytes, chunk_size: int) -> list[bytes]:
             if not n:
                 return digests
             digests.append(chunk_digest(key, view[:n]))
+
+
+def digest_chunks(path: Path, key: bytes, chunk_size: int, numbers: Iterable[int]) -> list[bytes]:
+    """The keyed hash of each numbered chunk of the file at `path`, in the order given.
+    (BLAKE2b releases the GIL: two threads hashing halves of a list take half the time.)"""
+    digests = []
+    with open(path, "rb", buffering=0) as source:
+        fd = source.fileno()
+        for number in numbers:
+            digests.append(chunk_digest(key, os.pread(fd, chunk_size, number * chunk_size)))
+    return digests
 
 
 def split_bytes(data: bytes, key: bytes, chunk_size: int) -> list[tuple[bytes, bytes]]:

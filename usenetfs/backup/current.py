@@ -1,23 +1,43 @@
-"""The note that the index file is, byte for byte, what the last backup holds.
+"""What the index file holds relative to the last backup, carried from one mount to the next.
 
-A backup copies and hashes the whole index (seconds per GB) even when nothing changed, so
-the mount skips it when the index had no write since the last one. Within a mount the
-Index's write count tells; across mounts this note does: written when a mount ends with
-no write since its last backup, it records the index file's size and modification time
-after it was closed and the backup's number. The next mount reads it (and removes it,
-so a crash can never leave a stale one behind) before opening the index: if the file and
-the settings' last backup still match, the index as opened is the one backed up.
+A backup reads and hashes only the chunks holding pages written since the last backup,
+given that backup's chunk digests (its `Basis`); the mount's Index tracks the pages
+(index/changes.py). Within a mount the daemon keeps both in memory. Across mounts this
+note carries them: written when a mount ends (the index closed, its WAL empty), it records
+the index file's size and modification time after it was closed, the last backup's number,
+chunk size, database size and digests, and the pages written since that backup. The next
+mount reads it (and removes it, so a crash can never leave a stale one behind) before
+opening the index: if the file and the settings' last backup still match, tracking goes
+on from there, and a note with no page written means the index is exactly what that
+backup holds (the mount then skips backing it up). Without a matching note the next
+backup reads the whole file.
 
-The note is only ever a reason to skip work: without it (or if it does not match) the
-next backup runs as usual.
+The note is only ever a reason to skip work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 from ..volume import Volume, write_json_atomic
+
+
+@dataclass(frozen=True)
+class Basis:
+    """The chunks of a finished backup: what the next one starts from."""
+
+    seq: int
+    chunk_size: int
+    db_size: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Carried:
+    basis: Basis
+    pages: frozenset[int]  # written since the basis was taken
 
 
 def _signature(volume: Volume) -> list[int] | None:
@@ -34,21 +54,32 @@ def _signature(volume: Volume) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def take(volume: Volume, last_backup: int) -> bool:
-    """True if the index file (not opened yet) is exactly what backup `last_backup` holds.
-    Removes the note either way."""
+def take(volume: Volume, last_backup: int) -> Carried | None:
+    """What the note says about the index file (not opened yet), if it still matches it
+    and backup `last_backup`. Removes the note either way."""
     try:
         note = json.loads(volume.backup_current_file.read_text())
     except (FileNotFoundError, ValueError):
-        return False
+        return None
     volume.backup_current_file.unlink(missing_ok=True)
     signature = _signature(volume)
-    return (isinstance(note, dict) and signature is not None and last_backup > 0
-            and note.get("backup") == last_backup and note.get("index") == signature)
+    try:
+        if signature is None or last_backup <= 0 or note["backup"] != last_backup or note["index"] != signature:
+            return None
+        digests = bytes.fromhex(note["digests"])
+        size = note["digest_size"]
+        basis = Basis(last_backup, int(note["chunk_size"]), int(note["db_size"]),
+                      tuple(digests[i:i + size] for i in range(0, len(digests), size)))
+        return Carried(basis, frozenset(int(page) for page in note["pages"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # an older note, or a damaged one
 
 
-def note(volume: Volume, backup: int) -> None:
-    """The index file was just closed, with no write since backup `backup`."""
+def note(volume: Volume, basis: Basis, pages: set[int] | frozenset[int]) -> None:
+    """The index file was just closed; `pages` were written since backup `basis.seq`."""
     signature = _signature(volume)
-    if signature is not None and backup > 0:
-        write_json_atomic(volume.backup_current_file, {"backup": backup, "index": signature})
+    if signature is not None and basis.seq > 0:
+        write_json_atomic(volume.backup_current_file, {
+            "backup": basis.seq, "index": signature, "chunk_size": basis.chunk_size, "db_size": basis.db_size,
+            "digest_size": len(basis.digests[0]) if basis.digests else 32,
+            "digests": b"".join(basis.digests).hex(), "pages": sorted(pages)})

@@ -36,7 +36,8 @@ from sqlalchemy import Connection, Engine, insert
 
 from ..codec.segment import KIND_DATA, SegmentId
 from . import layout, schema
-from .engine import configure, make_engine
+from .changes import PageChanges
+from .engine import WAL_AUTOCHECKPOINT_PAGES, configure, make_engine
 from .errors import (
     BatchAborted,
     Exists,
@@ -156,6 +157,10 @@ def _is_dir(mode: int) -> bool:
     return mode & S_IFMT == S_IFDIR
 
 
+# Commits between two looks at the WAL's length while this Index runs the checkpoints.
+_WAL_LOOK_EVERY = 64
+
+
 class _Transaction:
     """The context manager behind every mutating method and `Index.batch()`.
 
@@ -223,6 +228,9 @@ class Index:
         self._saved: dict[str, int] = {}
         self._scopes: dict[int, bytes] = {}
         self._update_sql: dict[tuple[str, ...], str] = {}
+        self.changes: PageChanges | None = None  # see track_changes
+        self._checkpoints_held = False
+        self._commits = 0  # since the last look at the WAL's length (tracking only)
         try:
             if _create is not None:
                 self._initialise(**_create)
@@ -314,6 +322,7 @@ class Index:
             raise FormatError(
                 f"index format {version} is newer than this usenetfs understands ({schema.FORMAT_VERSION})"
             )
+        self.migrated = version < schema.FORMAT_VERSION  # pages rewritten on opening
         while version < schema.FORMAT_VERSION:
             step = schema.MIGRATIONS.get(version)
             if step is None:
@@ -346,6 +355,8 @@ class Index:
         try:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            if self.changes is not None:
+                self.changes.scan()  # the checkpoints below copy what it has not read yet
             if checkpoint:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -361,10 +372,77 @@ class Index:
         self.close()
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
-        """Run a WAL checkpoint now (call when idle). Returns (busy, wal pages, checkpointed)."""
+        """Run a WAL checkpoint now (call when idle). Returns (busy, wal pages, checkpointed).
+        While a backup holds checkpoints (`freeze`) it does nothing and answers (1, 1, 0):
+        busy, nothing copied."""
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ValueError(mode)
-        return tuple(self._q(f"PRAGMA wal_checkpoint({mode})").fetchone())
+        changes = self.changes
+        if changes is None:
+            return tuple(self._q(f"PRAGMA wal_checkpoint({mode})").fetchone())
+        if self._checkpoints_held:
+            return (1, 1, 0)
+        changes.scan()  # then at once the checkpoint: no commit can come between
+        busy, log_frames, done = self._q(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        if done >= log_frames:
+            changes.checkpointed()
+        self._commits = 0
+        return busy, log_frames, done
+
+    @property
+    def checkpoints_held(self) -> bool:
+        return self._checkpoints_held
+
+    def _checkpoint_if_long(self) -> None:
+        """Tracking turns SQLite's auto-checkpoint off; this stands in for it: every
+        `_WAL_LOOK_EVERY` commits, a scan of the frames they added (which also spreads the
+        scanning), and a checkpoint once the log holds as many frames as SQLite's would
+        allow. (Not the WAL file's length: a restarted log reuses the file from the start.)"""
+        self._commits = 0
+        self.changes.scan()
+        if self.changes.log_frames >= WAL_AUTOCHECKPOINT_PAGES and not self._checkpoints_held:
+            self.checkpoint("PASSIVE")
+
+    # ------------------------------------------------------------------ changed pages (backups)
+
+    def track_changes(self, pages: Iterable[int] | None = ()) -> PageChanges:
+        """From now on keep `self.changes`: the pages of the file written since `pages` were
+        (None: not known; the first backup then reads the whole file). Every checkpoint
+        from here on is this Index's own, each right after a scan of the WAL (see
+        index/changes.py): SQLite's auto-checkpoint is turned off, `_checkpoint_if_long`
+        stands in for it. Only for a file index with one writer (the mount daemon)."""
+        if self.path is None:
+            raise ValueError("only a file index has pages to track")
+        self._q("PRAGMA wal_autocheckpoint=0")
+        self.changes = PageChanges(f"{self.path}-wal", pages)
+        self.changes.scan()  # what a crashed run left in the WAL changed too
+        return self.changes
+
+    @property
+    def page_size(self) -> int:
+        size = getattr(self, "_page_size", None)
+        if size is None:
+            size = self._page_size = self._q("PRAGMA page_size").fetchone()[0]
+        return size
+
+    def freeze(self) -> bool:
+        """Copy every committed frame into the database file and hold further checkpoints
+        until `thaw()`: until then the file is, byte for byte, the index as of this
+        commit, while new commits go on into the WAL (which grows meanwhile). For a backup
+        that reads the file itself instead of copying it first. False (nothing held) if a
+        reader kept the checkpoint from copying everything."""
+        if self.changes is None:
+            raise ValueError("freeze needs track_changes")
+        if self._checkpoints_held:
+            raise RuntimeError("checkpoints are held already")
+        _, log_frames, done = self.checkpoint("PASSIVE")
+        if done < log_frames:
+            return False
+        self._checkpoints_held = True
+        return True
+
+    def thaw(self) -> None:
+        self._checkpoints_held = False
 
     def sync(self) -> None:
         """Make every committed transaction durable now. Commits use synchronous=NORMAL
@@ -408,6 +486,8 @@ class Index:
             # counters may be stale. (One writer process is the rule; this keeps it safe.)
             self._load()
             self._data_version = version
+            if self.changes is not None:
+                self.changes.lose()  # and it may have checkpointed frames we never read
         self._saved = self._c.copy()
         self._doomed = None
 
@@ -419,6 +499,10 @@ class Index:
         except BaseException:
             self._rollback()
             raise
+        if self.changes is not None:
+            self._commits += 1
+            if self._commits >= _WAL_LOOK_EVERY:
+                self._checkpoint_if_long()
 
     def _rollback(self) -> None:
         self._doomed = None
