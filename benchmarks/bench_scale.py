@@ -248,13 +248,27 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
         candidates = [p for p in shape["sample_files"] if not p.startswith(shape["big_folder"] + "/")]
         sample = candidates[(round_no - 1) * STAT_SAMPLE:round_no * STAT_SAMPLE]
         latencies = []
+        # FUSE lookups each stat needs: the path components this mount has not looked up
+        # yet (the kernel keeps the dentries of those it has). At full size almost every
+        # sampled file sits in a folder of its own; at 1/100 the samples share folders, so
+        # a stat there needs fewer lookups: the figures below compare different work.
+        looked_up = {shape["big_folder"]}
+        lookups = 0
         cpu = cpu_s(pid)
         for rel in sample:
             path = str(mnt) + rel
             t = time.perf_counter_ns()
             os.stat(path)
             latencies.append((time.perf_counter_ns() - t) / 1000)
+            parts = rel.strip("/").split("/")
+            for depth in range(1, len(parts) + 1):
+                prefix = "/" + "/".join(parts[:depth])
+                if prefix not in looked_up:
+                    looked_up.add(prefix)
+                    lookups += 1
+        out["stat_lookups"] = lookups / len(sample)
         out["stat_cpu_us"] = (cpu_s(pid) - cpu) / len(sample) * 1e6
+        out["stat_cpu_per_lookup_us"] = out["stat_cpu_us"] / out["stat_lookups"]
         out["stat_p50_us"] = percentile(latencies, 0.5)
         out["stat_p99_us"] = percentile(latencies, 0.99)
         # one FUSE lookup each: stat of a random file whose folder was looked up just before
@@ -334,6 +348,8 @@ METRICS = [
     ("rss_mount_mb", "daemon VmRSS after mount", "MB", "lower", None, ("<", 500)),
     ("stat_p50_us", "stat random file p50", "µs", "lower", 1.25, None),
     ("stat_cpu_us", "  daemon CPU per stat", "µs", "lower", 1.25, None),
+    ("stat_lookups", "  FUSE lookups per stat", "n", "lower", None, None),
+    ("stat_cpu_per_lookup_us", "  daemon CPU per lookup", "µs", "lower", 1.25, None),
     ("stat_p99_us", "stat random file p99", "µs", "lower", 1.25, None),
     ("lookup_p50_us", "stat, folder cached p50", "µs", "lower", 1.25, None),
     ("lookup_p99_us", "stat, folder cached p99", "µs", "lower", 1.25, None),

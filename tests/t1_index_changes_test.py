@@ -241,3 +241,25 @@ def test_chunks_of_pages():
     assert chunks_of([1, 2, 64, 65, 129], 4096, 256 * 1024) == {0, 1, 2}
     assert chunks_of([], 4096, 32 * 1024) == set()
     assert chunks_of([9], 4096, 32 * 1024) == {1}
+
+
+def test_a_restarted_log_is_read_up_to_its_own_end(tmp_path):
+    """After a complete checkpoint the next writer restarts the log from its start, over
+    the old frames (PASSIVE leaves the file long). The scan must stop where the old frames
+    begin, or it would jump past the frames the next commits write over them."""
+    path = tmp_path / "index.sqlite"
+    index = Index.create(path)
+    try:
+        changes = index.track_changes()
+        churn(index, random.Random(10), [], [])
+        churn(index, random.Random(11), [], [])  # a long log
+        _, before = backup_point(index, path)  # all of it copied: the next write restarts it
+        index.set_xattr(ROOT_INODE, b"user.a", b"1")  # a short new log over the old one
+        changes.scan()  # as every 64 commits: to its end, not to the old frames' end
+        for k in range(3):  # these land where old frames still were
+            index.set_xattr(ROOT_INODE, b"user.b%d" % k, bytes(3000))
+        reported, after = backup_point(index, path)
+        assert not changes.lost
+        assert changed_pages(before, after, index.page_size) <= reported
+    finally:
+        index.close()
