@@ -122,13 +122,14 @@ def test_verify_finds_damage_names_the_files_and_repairs_from_the_cache(volume):
     (mnt / "photos/big.bin").write_bytes(big)
     (mnt / "notes.txt").write_text("a small file, never read back\n")
     volume.umount()
+    # Read from the index while unmounted (a mount holds its locks: no second reader).
+    (_, first), (lost_seg, lost), _ = segment_articles(volume, "/photos/big.bin")
+    ((notes_seg, notes),) = segment_articles(volume, "/notes.txt")
     volume.mount()
     assert (mnt / "photos/big.bin").read_bytes() == big  # now in the mount's read cache
     clean = volume.run("verify", "vol")
     assert clean.stdout.startswith("checked 4 segments: 4 readable, 0 damaged")
 
-    (_, first), (lost_seg, lost), _ = segment_articles(volume, "/photos/big.bin")
-    ((notes_seg, notes),) = segment_articles(volume, "/notes.txt")
     lost.unlink()  # gone from the server
     damage(notes)  # still there, but not what we posted
 

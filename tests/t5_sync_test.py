@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,12 +28,9 @@ def sync(mount: Mount, *args: str, check: bool = True) -> dict:
 
 
 def inode_count(mount: Mount) -> int:
-    """Inodes in the volume's index, read as a second reader (the daemon owns it)."""
-    db = sqlite3.connect(f"file:{mount.home / 'data/volumes/vol/index.sqlite'}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT count(*) FROM inodes").fetchone()[0]
-    finally:
-        db.close()
+    """Files and folders in the mounted volume, counted through the mount (the daemon holds
+    the index file's locks while mounted: no second reader can open it)."""
+    return 1 + sum(len(dirs) + len(files) for _, dirs, files in os.walk(mount.mountpoint))
 
 
 def many_files(root: Path, dirs: int = 30, per_dir: int = 100) -> None:

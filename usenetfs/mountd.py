@@ -161,6 +161,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         if index.migrated:
             carried = None  # the migration rewrote pages, and its checkpoints were not tracked
         index.track_changes(carried.pages if carried is not None else None)
+        index.hold_lock()
         as_backed_up = carried is not None and not carried.pages
         backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup,
                               carried.basis if carried is not None else None)

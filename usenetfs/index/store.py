@@ -418,6 +418,19 @@ class Index:
         self.changes.scan()  # what a crashed run left in the WAL changed too
         return self.changes
 
+    def hold_lock(self) -> None:
+        """Keep SQLite's file locks for as long as this Index is open (`locking_mode =
+        EXCLUSIVE`), for the mount daemon, which owns the index anyway (the volume's owner
+        lock). In the normal mode every statement outside a transaction, reads included,
+        takes and drops shared locks (fcntl on the database and its -shm file): ~20 system
+        calls per small file created, 264-279 -> 215-229 µs of handler time per file
+        in-process, ~10% more files/s through a mount. The price: no other connection, in
+        this process or another, can open the file until `close()` (a second reader gets
+        "database is locked" after its busy timeout)."""
+        self._q("PRAGMA locking_mode=EXCLUSIVE")
+        with self._txn:  # take the write lock now, not at the first FUSE operation
+            pass
+
     @property
     def page_size(self) -> int:
         size = getattr(self, "_page_size", None)
