@@ -43,7 +43,7 @@ async def test_pool_never_exceeds_its_cap(inn):
     assert max(samples) >= 2
 
 
-async def test_pool_learns_the_connection_limit(inn_limited):
+async def test_pool_learns_the_connection_limit(inn_limited, caplog):
     reader = inn_limited(2)
     config = ServerConfig("127.0.0.1", reader.port)
     ids = [new_id() for _ in range(12)]
@@ -55,6 +55,10 @@ async def test_pool_learns_the_connection_limit(inn_limited):
         assert client.pool.learned_limit == 2
         assert client.pool.cap == 2
         assert client.pool.stats.too_many >= 1
+        # Learned from the first burst of handshakes as a whole, never from a refusal that
+        # came while others were still under way (which read a limit of 2 as 3 or 4).
+        learned = [r.getMessage() for r in caplog.records if "server allows only" in r.getMessage()]
+        assert learned and all("allows only 2 connections" in m for m in learned), learned
         for message_id in ids:
             assert await client.stat(message_id)
 

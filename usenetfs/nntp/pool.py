@@ -74,6 +74,8 @@ class ConnectionPool:
         self.learned_limit: int | None = None
         self._idle: list[NNTPConnection] = []  # most recently used last
         self._open = 0  # open + being opened: what counts against the account
+        self._connecting = 0  # of those, being opened (waiting for or in a handshake)
+        self._refused = False  # a handshake was refused since the pool last learned its limit
         self._in_use = 0
         self._handshakes = trio.Semaphore(max(1, max_handshakes))
         self._no_new_until = 0.0  # after "too many connections": open nothing before this
@@ -181,6 +183,7 @@ class ConnectionPool:
     async def _open_new(self) -> NNTPConnection | None:
         """Open one connection, or return None after learning a lower limit."""
         self._open += 1
+        self._connecting += 1
         self.stats.peak_open = max(self.stats.peak_open, self._open)
         try:
             async with self._handshakes:
@@ -188,7 +191,9 @@ class ConnectionPool:
         except E.TooManyConnections:
             self._open -= 1
             self.stats.too_many += 1
-            self._learn_limit()
+            self._refused = True
+            self._no_new_until = trio.current_time() + self.too_many_backoff
+            self._handshake_done()
             self._changed.unpark_all()
             if self._open == 0:
                 raise  # not even one: let the retry policy decide how long to wait
@@ -196,14 +201,27 @@ class ConnectionPool:
         except BaseException:
             self._open -= 1
             self.stats.connect_failures += 1
+            self._handshake_done()
             self._changed.unpark_all()
             raise
+        self._handshake_done()
         self.stats.created += 1
         self._in_use += 1
         return conn
 
+    def _handshake_done(self) -> None:
+        """Learn from a refusal only once no other handshake is under way: those may still
+        be refused too, so what is open while they run is not yet what the account allows
+        (counting them made a limit of 2 read as 3 or 4 when one burst of handshakes
+        met it)."""
+        self._connecting -= 1
+        if self._refused and not self._connecting:
+            self._refused = False
+            self._learn_limit()
+
     def _learn_limit(self) -> None:
-        """The server refused one more: what is open now is what the account allows."""
+        """The server refused one more and no handshake is under way: what is open now is
+        what the account allows."""
         working = max(1, self._open)
         if working < self._cap:
             log.warning("%s: server allows only %d connections; lowering the pool cap from %d",
