@@ -154,25 +154,3 @@ async def test_sample_checks_part_of_the_segments(index, store, tmp_path):
         assert report.checked == 40 and report.sample_percent is None
         with pytest.raises(UserError, match="--sample"):
             Verifier(index, fs.data.store, sample=0)
-
-
-async def test_repair_stops_before_writing_if_told_to(index, store, tmp_path):
-    async with mounted(index, store, tmp_path / "cache") as fs:
-        inos = await write_tree(fs)
-        await fs.read(inos["/top.bin"])
-        seg = segments_of(index, inos["/top.bin"])[0]
-        article(index, store, seg).unlink()
-
-        def mounted_meanwhile() -> None:
-            raise UserError("the volume was mounted while verify ran")
-
-        with pytest.raises(BaseException) as raised:
-            await Verifier(index, fs.data.store, repair=True, source=fs.data.cached_payload,
-                           before_write=mounted_meanwhile).run()
-        errors = raised.value.exceptions if isinstance(raised.value, BaseExceptionGroup) else [raised.value]
-        assert [str(e) for e in errors] == ["the volume was mounted while verify ran"]
-        row = index.segment(seg)
-        assert (row.state, row.generation) == (VERIFIED, 0)  # nothing written
-        # Once nothing stops it, the same run repairs it.
-        report = await Verifier(index, fs.data.store, repair=True, source=fs.data.cached_payload).run()
-        assert report.ok and report.repaired == 1

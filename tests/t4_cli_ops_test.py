@@ -123,6 +123,16 @@ def test_errors_are_one_exact_line(vol, tmp_path):
         assert "127.0.0.1:9" in lines[0] or "server check failed" in lines[0], lines[0]
 
 
+def test_verify_of_a_volume_another_process_owns_says_so(vol):
+    """Offline verify owns the volume while it runs (a mount started meanwhile is refused
+    in one line, and the other way round): here another process holds it."""
+    volume = Volume(Home.resolve(vol["home"]), "vol")
+    with volume.exclusive("usenetfs sync (pid 4242)"):
+        result = usenetfs("verify", "vol", "--passphrase-file", vol["right"], home=vol["home"])
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "usenetfs: volume 'vol' is in use by usenetfs sync (pid 4242)\n"
+
+
 def test_status_with_nothing_mounted(vol):
     result = usenetfs("status", home=vol["home"])
     assert (result.returncode, result.stdout, result.stderr) == (3, "no volume of this home is mounted\n", "")

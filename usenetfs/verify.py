@@ -105,8 +105,6 @@ class Verifier:
     repair        post damaged segments again when `source(seg)` has their payload
     source        local copies of payloads (the mount's read cache), or None
     on_repaired   called with a segment id after it was posted again
-    before_write  called before every index write (the offline CLI checks there that
-                  nobody mounted the volume meanwhile)
     progress      progress(done, total), after every check
     """
 
@@ -119,7 +117,6 @@ class Verifier:
         repair: bool = False,
         source: PayloadSource | None = None,
         on_repaired: Callable[[int], None] | None = None,
-        before_write: Callable[[], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
         concurrency: int = 8,
         rng: random.Random | None = None,
@@ -132,7 +129,6 @@ class Verifier:
         self.repair = repair
         self.source = source
         self.on_repaired = on_repaired or (lambda seg: None)
-        self.before_write = before_write or (lambda: None)
         self.progress = progress
         self.concurrency = max(1, concurrency)
         self.rng = rng or random.SystemRandom()
@@ -234,7 +230,6 @@ class Verifier:
         if payload is None or len(payload) != row.payload_size:
             problem.repair = "not in the local cache: cannot be posted again"
             return
-        self.before_write()
         if row.state != MISSING:
             self.index.mark_missing(row.id, row.generation)  # intent: the next Message-ID
             row = self.index.segment(row.id)
@@ -243,7 +238,6 @@ class Verifier:
         except NNTPError as error:
             problem.repair = f"posting it again failed: {error}"
             return
-        self.before_write()
         with self.index.batch():
             self.index.mark_stored(row.id, row.generation, result.generation, result.stored_size, result.crc32)
             verified = self.index.mark_verified(row.id, result.generation)

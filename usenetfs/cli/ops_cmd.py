@@ -266,7 +266,9 @@ def _verify(args) -> int:
 
 
 def _verify_offline(volume: Volume, args, progress) -> dict:
-    """Verify an unmounted volume: this process opens the index and the server."""
+    """Verify an unmounted volume: this process opens the index and the server, and owns
+    the volume meanwhile (a mount started now says, in one line, that verify holds it; the
+    mount holds the index's locks, so the two could not share it anyway)."""
     from ..index import Index
     from ..nntp.client import NNTPClient, PoolOptions
     from ..session import check_server, segment_store, volume_servers
@@ -274,22 +276,19 @@ def _verify_offline(volume: Volume, args, progress) -> dict:
 
     settings = volume.load()
     keys = volume.unlock(read_passphrase(args.passphrase_file))
-
-    def still_unmounted() -> None:  # before every index write: one writer at a time
-        if _running(volume):
-            raise UserError(f"volume {volume.name!r} was mounted while verify ran: stopped; "
-                            "run verify again (it then runs in the mount)")
-
     pool = PoolOptions(max_connections=settings.learned_connection_limit or settings.connections)
-    with volume_servers(volume, settings) as configs:
+    with volume.exclusive(f"usenetfs verify (pid {os.getpid()})"), volume_servers(volume, settings) as configs:
+        if _running(volume):  # mounted since we looked: the lock is ours, so it is on its way down
+            raise UserError(f"volume {volume.name!r} is mounted: run verify again (it then runs in the mount)")
+
         async def run() -> dict:
             await check_server(configs[0])
             async with NNTPClient(configs[0], pool) as client:
                 index = Index.open(volume.index_file)
                 try:
                     verifier = Verifier(index, segment_store(client, keys, settings), sample=args.sample,
-                                        repair=args.repair, before_write=still_unmounted,
-                                        progress=progress, concurrency=2 * pool.max_connections)
+                                        repair=args.repair, progress=progress,
+                                        concurrency=2 * pool.max_connections)
                     return (await verifier.run()).as_dict()
                 finally:
                     index.close()
