@@ -263,3 +263,23 @@ def test_a_restarted_log_is_read_up_to_its_own_end(tmp_path):
         assert changed_pages(before, after, index.page_size) <= reported
     finally:
         index.close()
+
+
+def test_hold_lock_keeps_every_other_connection_out_until_close(tmp_path):
+    path = tmp_path / "index.sqlite"
+    index = Index.create(path)
+    try:
+        index.track_changes()
+        index.hold_lock()
+        churn(index, random.Random(12), [], [])  # writes, checkpoints and backups go on
+        backup_point(index, path)
+        other = sqlite3.connect(path, timeout=0.1)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("SELECT count(*) FROM inodes").fetchone()
+        other.close()
+        count = index.stats().inodes
+    finally:
+        index.close()
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT count(*) FROM inodes").fetchone()[0] == count
+    other.close()

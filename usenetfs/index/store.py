@@ -230,6 +230,7 @@ class Index:
         self._update_sql: dict[tuple[str, ...], str] = {}
         self.changes: PageChanges | None = None  # see track_changes
         self._checkpoints_held = False
+        self._lock_held = False  # see hold_lock
         self._commits = 0  # since the last look at the WAL's length (tracking only)
         try:
             if _create is not None:
@@ -430,6 +431,8 @@ class Index:
         self._q("PRAGMA locking_mode=EXCLUSIVE")
         with self._txn:  # take the write lock now, not at the first FUSE operation
             pass
+        # From here on nobody else commits: `_begin` and `stats` skip the data_version check.
+        self._lock_held = True
 
     @property
     def page_size(self) -> int:
@@ -493,7 +496,8 @@ class Index:
 
     def _begin(self) -> None:
         self._q("BEGIN IMMEDIATE")
-        version = self._q("PRAGMA data_version").fetchone()[0]
+        # With the lock held no other connection can have committed: it cannot open the file.
+        version = self._data_version if self._lock_held else self._q("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:
             # Another connection committed since our last transaction: our in-memory
             # counters may be stale. (One writer process is the rule; this keeps it safe.)
@@ -1276,7 +1280,7 @@ class Index:
     def stats(self) -> IndexStats:
         """The statfs numbers, kept incrementally: no scan, no COUNT. (One PRAGMA tells
         whether another connection committed since; then the counters row is reread.)"""
-        if not self._depth:
+        if not self._depth and not self._lock_held:
             version = self._q("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
                 self._load()
