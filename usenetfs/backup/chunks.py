@@ -64,15 +64,7 @@ def check_chunk_size(chunk_size: int) -> int:
 def digest_file(path: Path, key: bytes, chunk_size: int) -> list[bytes]:
     """The keyed hash of every chunk of the file at `path`, in order (the last chunk may
     be short; an empty file has none)."""
-    digests = []
-    with open(path, "rb", buffering=0) as source:
-        buffer = bytearray(chunk_size)
-        view = memoryview(buffer)
-        while True:
-            n = source.readinto(buffer)
-            if not n:
-                return digests
-            digests.append(chunk_digest(key, view[:n]))
+    return digest_chunks(path, key, chunk_size, range(-(-os.path.getsize(path) // chunk_size)))
 
 
 def digest_chunks(path: Path, key: bytes, chunk_size: int, numbers: Iterable[int]) -> list[bytes]:
