@@ -231,6 +231,7 @@ class Index:
         self.changes: PageChanges | None = None  # see track_changes
         self._checkpoints_held = False
         self._lock_held = False  # see hold_lock
+        self._page_size: int | None = None  # read once, when first asked
         self._commits = 0  # since the last look at the WAL's length (tracking only)
         try:
             if _create is not None:
@@ -436,10 +437,9 @@ class Index:
 
     @property
     def page_size(self) -> int:
-        size = getattr(self, "_page_size", None)
-        if size is None:
-            size = self._page_size = self._q("PRAGMA page_size").fetchone()[0]
-        return size
+        if self._page_size is None:
+            self._page_size = self._q("PRAGMA page_size").fetchone()[0]
+        return self._page_size
 
     def freeze(self) -> bool:
         """Copy every committed frame into the database file and hold further checkpoints
