@@ -344,6 +344,61 @@ async def test_backups_of_the_tracked_index_hash_only_the_changed_chunks(machine
     assert seq == 3 and dump(volume.index_file) == expected
 
 
+async def test_checkpoints_resume_before_a_backup_posts_and_it_holds_the_snapshot(machine, tmp_path):
+    """A backup of few changes reads the chunks to post into memory and lets checkpoints
+    go on (a slow server must not hold them while the WAL grows): what it posts is still
+    the index as of its snapshot, though the file changes under it."""
+    index = machine.index
+    index.track_changes(None)
+    async with machine.client() as client:
+        first = await machine.backup(client, index=index)
+        assert first.held == first.posted - first.list_chunks  # every new chunk, once
+        add_files(index, b"holiday", 100)
+
+        run = BackupRun(machine.volume, machine.volume.load(), machine.keys, client, index=index,
+                        basis=first.basis, **QUICK)
+        await run.take_snapshot()
+        assert index.checkpoints_held is False and run.stats.held >= 1
+        expected = machine.dump()
+        add_files(index, b"later", 100)
+        assert index.checkpoint("TRUNCATE")[2] >= 0  # the snapshot's pages are overwritten
+        await run.post_chunks()
+        await run.post_manifest(machine.bootstrap)
+        run.close(done=True)
+        volume, seq = await restore_into(tmp_path / "second", machine, client)
+        assert seq == 2 and dump(volume.index_file) == expected
+
+        third = await machine.backup(client, index=index, basis=run.basis)  # "later" was left for it
+        assert third.hashed >= 1 and list(third.basis.digests) == whole_file_digests(machine)
+
+
+async def test_a_lost_chunk_changed_since_the_snapshot_fails_the_run_and_the_next_posts_it(machine, tmp_path):
+    """A re-checked chunk found gone is read from the live file again; if checkpoints
+    have changed it since the snapshot, the run fails in one line (it cannot post what the
+    snapshot held) and the next backup posts the chunk's new bytes."""
+    index = machine.index
+    index.track_changes(None)
+    async with machine.client() as client:
+        first = await machine.backup(client, index=index)
+        run = BackupRun(machine.volume, machine.volume.load(), machine.keys, client, index=index,
+                        basis=first.basis, **{**QUICK, "recheck_after": 0})
+        await run.take_snapshot()  # nothing new: checkpoints resume at once
+        assert run.stats.held == 0 and index.checkpoints_held is False
+        add_files(index, b"holiday", 100)
+        now = whole_file_digests(machine)
+        changed = next(n for n, digest in enumerate(first.basis.digests) if now[n] != digest)
+        lost = first.basis.digests[changed]
+        spool_file(machine.server, machine.message_id(lost, machine.recorded()[lost].generation)).unlink()
+        with pytest.raises(UserError, match=f"index chunk {changed} is gone from the server and has changed") as failure:
+            await run.post_chunks()
+        assert "\n" not in str(failure.value)
+        run.close()
+        second = await machine.backup(client, index=index, basis=first.basis)
+        assert second.seq == 2 and list(second.basis.digests) == now
+        volume, seq = await restore_into(tmp_path / "second", machine, client)
+    assert seq == 2 and dump(volume.index_file) == machine.dump()
+
+
 async def test_a_failed_backup_leaves_its_pages_for_the_next(machine):
     index = machine.index
     changes = index.track_changes()

@@ -85,5 +85,11 @@ def split_bytes(data: bytes, key: bytes, chunk_size: int) -> list[tuple[bytes, b
 
 
 def read_chunk(path: Path, number: int, chunk_size: int) -> bytes:
+    return read_chunks(path, chunk_size, (number,))[0]
+
+
+def read_chunks(path: Path, chunk_size: int, numbers: Iterable[int]) -> list[bytes]:
+    """The numbered chunks of the file at `path`, in the order given."""
     with open(path, "rb", buffering=0) as source:
-        return os.pread(source.fileno(), chunk_size, number * chunk_size)
+        fd = source.fileno()
+        return [os.pread(fd, chunk_size, number * chunk_size) for number in numbers]

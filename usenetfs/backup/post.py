@@ -10,15 +10,21 @@ die after any of them and leave every earlier backup restorable:
    checkpoints every commit into it and holds checkpoints until the backup ends, so the
    file stays as of that commit while new commits go on into the WAL; and given the last
    backup's digests (`Basis`, backup/current.py), only the chunks holding pages written
-   since are read and hashed, the rest keep their digests. Otherwise (no Index, or a
-   reader kept the checkpoint from finishing) it is a copy beside it made by SQLite's
-   backup API (index/snapshot.py), hashed whole.
+   since are read and hashed, the rest keep their digests. The chunks the server lacks
+   (those not in the local record) are then read into memory, up to `HOLD_LIMIT` bytes,
+   and checkpoints resume at once: posting, however slow the server, does not hold them
+   (the WAL would grow by everything written meanwhile). Only a backup with more to
+   post than that (the first one of a big index) holds checkpoints until it is posted.
+   Otherwise (no Index, or a reader kept the checkpoint from finishing) the image is a
+   copy beside it made by SQLite's backup API (index/snapshot.py), hashed whole.
 2. `post_chunks`: each chunk not in the local record (record.py) is first looked for on
    the server (an earlier run may have posted it and died before noting it), else posted
    and read back by BODY; only then is it noted. Recorded chunks not seen for
    `recheck_after` seconds are re-checked by STAT, oldest first, at most `recheck_limit`
-   per backup, and posted again under the next generation if they are gone. Then the
-   chunk list (manifest.py) is cut into chunks and posted the same way.
+   per backup, and posted again under the next generation if they are gone (read from
+   the file again: if checkpoints have changed it since the snapshot, the run fails and
+   the next backup posts the chunk as changed). Then the chunk list (manifest.py) is cut
+   into chunks and posted the same way.
 3. `post_manifest`: the manifest, numbered one past the newest backup (a number whose
    manifest is already on the server, posted by a run that died before saving it, is
    skipped), posted last and read back; then the settings record the number, the record
@@ -61,7 +67,7 @@ from . import articles
 from .bootstrap import post_bootstrap
 from .bounded import for_each
 from .chunks import (CHUNK_SIZE, ChunkRef, check_chunk_size, chunk_digest, chunk_ident, digest_chunks,
-                     hash_key, read_chunk, split_bytes)
+                     hash_key, read_chunk, read_chunks, split_bytes)
 from .current import Basis
 from .manifest import Manifest, encode_list, manifest_ident
 from .record import ChunkRecord
@@ -71,6 +77,7 @@ log = logging.getLogger(__name__)
 RECHECK_AFTER = 7 * 86400.0  # seconds before a recorded chunk is looked for again
 RECHECK_LIMIT = 256  # recorded chunks re-checked (STAT) per backup at most
 CONCURRENCY = 16  # chunks in flight (each holds one chunk and its article in memory)
+HOLD_LIMIT = 64 << 20  # bytes of new chunks read into memory so that checkpoints resume before posting
 VERIFY = VerifyOptions(delay=0.0, tries=6, interval=1.0)
 
 
@@ -81,6 +88,7 @@ class BackupStats:
     chunks: int = 0  # chunks in the snapshot
     hashed: int = 0  # of those, chunks read and hashed (the others kept the last backup's digest)
     copied: bool = False  # the snapshot was a copy (no Index given, or it could not be frozen)
+    held: int | None = None  # new chunks read into memory before posting (None: checkpoints held instead)
     basis: Basis | None = None  # the finished backup's chunks: what the next one starts from
     list_chunks: int = 0  # chunks holding the chunk list
     posted: int = 0  # chunk articles posted by this backup (snapshot and list chunks)
@@ -113,7 +121,8 @@ async def post_backup(volume: Volume, settings: VolumeSettings, keys: VolumeKeys
     log.info("index backup %d: %d of %d chunks posted (%.1f MB), %d found on the server, "
              "%d re-checked (%d lost), %d hashed%s, %.1f s", run.stats.seq, run.stats.posted,
              run.stats.chunks + run.stats.list_chunks, run.stats.posted_bytes / 1e6, run.stats.found,
-             run.stats.rechecked, run.stats.lost, run.stats.hashed, " (copied)" if run.stats.copied else "",
+             run.stats.rechecked, run.stats.lost, run.stats.hashed,
+             " (copied)" if run.stats.copied else " (checkpoints held while posting)" if run.stats.held is None else "",
              run.stats.seconds)
     return run.stats
 
@@ -146,7 +155,8 @@ class BackupRun:
         self.index = index
         self.basis = basis
         self.source: Path = self.snapshot  # the file the chunks are read from
-        self._frozen = False
+        self._frozen = False  # this run holds the Index's checkpoints
+        self._held: dict[int, bytes] = {}  # chunk number -> its bytes as of the snapshot
         self._taken: set[int] | None = None  # pages this backup took from the Index's tracker
         self._losses = 0  # the tracker's loss count when they were taken
         self.stats = BackupStats()
@@ -180,6 +190,26 @@ class BackupRun:
         self.digests = [hashed[n] if n in hashed else basis[n] for n in range(count)]
         self.stats.chunks = count
         self.stats.hashed = len(todo)
+        if self._frozen:
+            await self._hold_new_chunks()
+
+    async def _hold_new_chunks(self) -> None:
+        """Read the chunks the server lacks into memory and let checkpoints resume, unless
+        they are more than HOLD_LIMIT bytes. What is read was hashed a moment ago: it is
+        in the page cache."""
+        first: dict[bytes, int] = {}
+        for number, digest in enumerate(self.digests):
+            if digest not in first and self.record.get(digest) is None:
+                first[digest] = number
+        numbers = sorted(first.values())
+        if len(numbers) * self.chunk_size > HOLD_LIMIT:
+            return
+        data = await trio.to_thread.run_sync(read_chunks, self.source, self.chunk_size, numbers,
+                                             limiter=self.limiter)
+        self._held = dict(zip(numbers, data))
+        self.stats.held = len(numbers)
+        self.index.thaw()
+        self._frozen = False
 
     def _chunks_to_hash(self, count: int) -> list[int]:
         """Every chunk, unless the Index's tracker and the last backup's digests say which
@@ -211,12 +241,18 @@ class BackupRun:
         return {**dict(zip(halves[0], results[0])), **dict(zip(halves[1], results[1]))}
 
     async def post_chunks(self) -> None:
-        snapshot, size = self.source, self.chunk_size
+        source, size, live = self.source, self.chunk_size, self.stats.held is not None
 
-        def loader(number: int) -> Callable[[], bytes]:
-            return lambda: read_chunk(snapshot, number, size)
+        def loader(number: int, digest: bytes) -> Callable[[], bytes]:
+            held = self._held.get(number)
+            if held is not None:
+                return lambda: held
+            if not live:
+                return lambda: read_chunk(source, number, size)
+            return lambda: self._read_unchanged(number, digest)
 
-        generations = await self._ensure((digest, loader(n)) for n, digest in enumerate(self.digests))
+        generations = await self._ensure((digest, loader(n, digest)) for n, digest in enumerate(self.digests))
+        self._held.clear()
         self.chunk_list = [ChunkRef(digest, generations[digest]) for digest in self.digests]
         pieces = split_bytes(encode_list(self.chunk_list), self.hash_key, self.chunk_size)
         generations = await self._ensure((digest, (lambda piece=piece: piece)) for digest, piece in pieces)
@@ -245,6 +281,16 @@ class BackupRun:
             await post_bootstrap(self.client, self.volume, current, passphrase_keys, limiter=self.limiter)
         self.stats.seconds = time.monotonic() - self.started
         return seq
+
+    def _read_unchanged(self, number: int, digest: bytes) -> bytes:
+        """Chunk `number` of the live index file (checkpoints resumed after the snapshot),
+        if it is still what the snapshot held. Only a re-checked chunk found gone from the
+        server needs this: it was not in memory."""
+        data = read_chunk(self.source, number, self.chunk_size)
+        if chunk_digest(self.hash_key, data) != digest:
+            raise UserError(f"index chunk {number} is gone from the server and has changed since this "
+                            "backup's snapshot: the next backup will post it")
+        return data
 
     def close(self, done: bool = False) -> None:
         """End the run: `done` if the manifest was posted (the pages taken are backed up),
