@@ -82,6 +82,7 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
     from ..codec.segment import tune_malloc
     from ..data import FileData
     from ..fs import Operations, fuse_options
+    from ..mountd import tune_gc
     from ..session import check_server
 
     tune_malloc()  # as a volume's daemon: big buffers stay mapped (see there)
@@ -101,6 +102,7 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
             data = FileData(index, store, sub.data_dir, cache_bytes=CACHE_BYTES,
                             disk_cache_bytes=request.disk_cache_bytes or 0,
                             disk_cache_dir=sub.cache_dir / "segments")
+            tune_gc()  # as a volume's daemon: start-up's objects leave the collector's scans
             operations = Operations(index, data, read_only=True, uid=request.uid, gid=request.gid,
                                     umask=request.umask, writeback_cache=False)
             options = fuse_options(request.fsname or f"usenetfs:{sub.name}", allow_other=request.allow_other,
