@@ -330,3 +330,20 @@ def test_runs_for_a_user_other_than_root_and_news(tmp_path_factory):
     result = subprocess.run([*prefix, python, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("200 "), result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root, mapped to news, could open the console")
+def test_root_under_a_closed_directory_keeps_inn_off_the_console(tmp_path):
+    """Root with a data directory news cannot reach (under /root, mode 700) runs INN in a
+    user namespace where root-owned files are news's, /dev/console too, and INN's syslog
+    falls back to the console where nothing listens on /dev/log: there, INN sees /dev/null
+    in its place."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    with InnServer(closed / "inn") as server:
+        assert server._closed_parents()
+        seen = os.stat(f"/proc/{server._innd_pid}/root/dev/console")
+        assert (os.major(seen.st_rdev), os.minor(seen.st_rdev)) == (1, 3)  # /dev/null
+        assert os.stat("/dev/console").st_rdev != seen.st_rdev  # ours is untouched
+        with socket.create_connection((server.host, server.port), timeout=10) as c:
+            assert c.makefile("rb").readline().startswith(b"200 ")

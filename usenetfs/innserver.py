@@ -615,7 +615,17 @@ class InnServer:
             return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"]
         if not shutil.which("unshare"):
             raise UserError("running INN as a user other than root or news needs unshare (util-linux)")
-        return ["unshare", "--user", f"--map-user={uid}", f"--map-group={gid}", "--"]
+        as_news = ["unshare", "--user", f"--map-user={uid}", f"--map-group={gid}", "--"]
+        if os.geteuid() != 0:
+            return as_news
+        # Root mapped to news owns every root-owned file in there, /dev/console included, and
+        # INN logs through syslog(3) with LOG_CONS: on a machine where nothing listens on
+        # /dev/log, every line nnrpd and innd log went to the console, on a VM a serial port
+        # written under a spinlock, and INN posted at half speed (120 against 269 MB/s with
+        # 4 connections). An outer namespace, root as root, hides the console behind
+        # /dev/null in a mount namespace of its own first (INN runs all the same without it).
+        return ["unshare", "--user", "--map-root-user", "--mount", "--", "sh", "-c",
+                'mount --bind /dev/null /dev/console 2>/dev/null; exec "$@"', "sh", *as_news]
 
     def _needs_userns(self) -> bool:
         return os.geteuid() != 0 or bool(self._closed_parents())
