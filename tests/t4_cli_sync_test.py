@@ -91,10 +91,21 @@ def test_sync_into_an_unmounted_volume_posts_it_all(inn, tmp_path):
     volume = Volume(Home.resolve(home), "vol")
     assert [n for n in os.listdir(volume.data_dir / "staging") if not n.startswith("spare-")] == []
     assert volume.load().last_backup == 1  # the index was backed up, as at an umount
+    # ... with the pages written tracked, as a mount does: the note carries that backup's
+    # chunks, and that nothing was written since, to the next mount or sync.
+    carried = json.loads(volume.backup_current_file.read_text())
+    assert (carried["backup"], carried["pages"]) == (1, [])
 
     again = usenetfs("sync", source, "vol:/backup/docs", "--passphrase-file", vol["right"], "--json", home=home)
     stats = json.loads(again.stdout)
     assert (stats["new_files"], stats["changed_files"], stats["unchanged"], stats["batches"]) == (0, 0, 4, 0)
+    assert json.loads(volume.backup_current_file.read_text())["backup"] == 1  # taken, and noted again
+
+    (vol["source"] / "docs/c.txt").write_text("gamma\n")
+    third = usenetfs("sync", source, "vol:/backup/docs", "--passphrase-file", vol["right"], home=home)
+    assert third.returncode == 0, third.stderr
+    assert volume.load().last_backup == 2
+    assert json.loads(volume.backup_current_file.read_text())["backup"] == 2
     assert usenetfs("fsck", "vol", "--no-repair", home=home).returncode == 0
     verified = usenetfs("verify", "vol", "--passphrase-file", vol["right"], "--json", home=home)
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"]

@@ -145,7 +145,6 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     from .backup import current as backup_current
     from .data import FileData
     from .fs import Operations, fuse_options
-    from .index import Index
     from .session import check_server, segment_store
 
     volume = request.volume
@@ -169,13 +168,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
                 local_url = local_server.url
         config = volume.server_configs(settings, local_url)[0]
         await check_server(config, group=settings.group)
-        carried = backup_current.take(volume, settings.last_backup) if volume.index_file.exists() else None
-        index = Index.open(volume.index_file) if volume.index_file.exists() else \
-            Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
-                         uid=os.getuid(), gid=os.getgid())
-        if index.migrated:
-            carried = None  # the migration rewrote pages, and its checkpoints were not tracked
-        index.track_changes(carried.pages if carried is not None else None)
+        index, carried = backup_current.open_tracked(volume, settings)
         index.hold_lock()
         as_backed_up = carried is not None and not carried.pages
         backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup,
@@ -248,11 +241,9 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     finally:
         if index is not None:
             index.close()
-            changes = index.changes
-            if backed_up is not None and backed_up.basis is not None and changes is not None and not changes.lost:
-                # The next mount's first backup then hashes only what changed since the
-                # last one (and none at all, if nothing did).
-                backup_current.note(volume, backed_up.basis, changes.pages)
+            # The next mount's first backup then hashes only what changed since the last
+            # one (and none at all, if nothing did).
+            backup_current.note_closed(volume, index, backed_up.basis if backed_up is not None else None)
         if local_server is not None:
             local_server.stop()
         owner.close()

@@ -21,7 +21,8 @@ import json
 import os
 from dataclasses import dataclass
 
-from ..volume import Volume, write_json_atomic
+from ..index import Index
+from ..volume import Volume, VolumeSettings, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,25 @@ def note(volume: Volume, basis: Basis, pages: set[int] | frozenset[int]) -> None
             "backup": basis.seq, "index": signature, "chunk_size": basis.chunk_size, "db_size": basis.db_size,
             "digest_size": len(basis.digests[0]) if basis.digests else 32,
             "digests": b"".join(basis.digests).hex(), "pages": sorted(pages)})
+
+
+def open_tracked(volume: Volume, settings: VolumeSettings) -> tuple[Index, Carried | None]:
+    """The volume's index (made if there is none) for a process that will write it and
+    back it up (the mount daemon, an offline sync): tracking the pages written, and
+    what the last session carried over (None: unknown, the next backup hashes it all)."""
+    carried = take(volume, settings.last_backup) if volume.index_file.exists() else None
+    index = Index.open(volume.index_file) if volume.index_file.exists() else \
+        Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
+                     uid=os.getuid(), gid=os.getgid())
+    if index.migrated:
+        carried = None  # the migration rewrote pages, and its checkpoints were not tracked
+    index.track_changes(carried.pages if carried is not None else None)
+    return index, carried
+
+
+def note_closed(volume: Volume, index: Index, basis: Basis | None) -> None:
+    """After `index.close()`: carry `basis` (the newest backup's chunks) and the pages
+    written since to the next session, if the tracker accounted for every write."""
+    changes = index.changes
+    if basis is not None and changes is not None and not changes.lost:
+        note(volume, basis, changes.pages)

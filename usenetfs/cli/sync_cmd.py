@@ -238,8 +238,8 @@ def _errors(stats: dict) -> int:
 
 def _sync_offline(volume: Volume, source: str, dest: str, args, on_items) -> dict:
     """This process owns the volume for the duration: index, staging, uploads."""
+    from ..backup import current as backup_current
     from ..data import FileData
-    from ..index import Index
     from ..nntp.client import NNTPClient, PoolOptions
     from ..session import check_server, segment_store, volume_servers
     from ..sync import OfflineTarget, Sync
@@ -258,11 +258,11 @@ def _sync_offline(volume: Volume, source: str, dest: str, args, on_items) -> dic
         async def run() -> dict:
             await check_server(configs[0])
             async with NNTPClient(configs[0], pool) as client:
-                if volume.index_file.exists():
-                    index = Index.open(volume.index_file)
-                else:
-                    index = Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
-                                         uid=os.getuid(), gid=os.getgid())
+                # As a mount does: the pages written are tracked, so the backup at the end
+                # reads only what changed since the last one, without copying the index.
+                index, carried = backup_current.open_tracked(volume, settings)
+                index.hold_lock()
+                basis = carried.basis if carried is not None else None
                 try:
                     for ino in index.orphans():  # unlinked while open when a mount crashed
                         index.delete_inode(ino)
@@ -290,12 +290,15 @@ def _sync_offline(volume: Volume, source: str, dest: str, args, on_items) -> dic
                     finally:
                         data.close()
                     if stats.batches:  # like umount: the index changed, back it up
-                        from ..backup import backup, bootstrap_keys
-                        await backup(volume, volume.load(), keys, client,
-                                     bootstrap_keys(passphrase, bytes.fromhex(settings.volume_id)))
+                        from ..backup import bootstrap_keys, post_backup
+                        backed_up = await post_backup(volume, volume.load(), keys, client,
+                                                      bootstrap_keys(passphrase, bytes.fromhex(settings.volume_id)),
+                                                      index=index, basis=basis)
+                        basis = backed_up.basis
                     return stats.as_dict()
                 finally:
                     index.close()
+                    backup_current.note_closed(volume, index, basis)
 
         return trio.run(run)
 
