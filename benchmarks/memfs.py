@@ -127,14 +127,11 @@ class MemFS(pyfuse3.Operations):
         return result
 
 
-def main() -> None:
-    """memfs.py MOUNTPOINT [READY_FILE]: READY_FILE is created once the mount is ready
-    (INIT answered, the same 1 MiB read-ahead as usenetfs raised)."""
-    mountpoint = sys.argv[1]
-    ready_file = sys.argv[2] if len(sys.argv) > 2 else None
-    options = set(pyfuse3.default_options) | {"fsname=memfs"}
-    operations = MemFS()
-    pyfuse3.init(operations, mountpoint, options)
+def serve(operations, mountpoint: str, fsname: str, ready_file: str | None) -> None:
+    """Mount `operations` (which set `initialized` in their init) at `mountpoint` and
+    serve until unmounted; READY_FILE is created once the mount is ready (INIT answered,
+    the same 1 MiB read-ahead as usenetfs raised)."""
+    pyfuse3.init(operations, mountpoint, set(pyfuse3.default_options) | {f"fsname={fsname}"})
 
     async def announce() -> None:  # as usenetfs's mountd.announce_when_initialized
         await operations.initialized.wait()
@@ -142,16 +139,21 @@ def main() -> None:
         if ready_file:
             open(ready_file, "w").close()
 
-    async def serve() -> None:
+    async def run() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(announce)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
     try:
-        trio.run(serve)
+        trio.run(run)
     finally:
         pyfuse3.close(unmount=True)
+
+
+def main() -> None:
+    """memfs.py MOUNTPOINT [READY_FILE]"""
+    serve(MemFS(), sys.argv[1], "memfs", sys.argv[2] if len(sys.argv) > 2 else None)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import time
 import pyfuse3
 import trio
 
+from memfs import serve  # the same mount and start-up as the in-memory ceiling
+
 ROOT = pyfuse3.ROOT_INODE
 
 
@@ -86,25 +88,8 @@ class TreeFS(pyfuse3.Operations):
 
 
 def main() -> None:
-    mountpoint, dirs, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    ready_file = sys.argv[4] if len(sys.argv) > 4 else None
-    operations = TreeFS(dirs, files)
-    pyfuse3.init(operations, mountpoint, set(pyfuse3.default_options) | {"fsname=treefs"})
-
-    async def serve() -> None:
-        async with trio.open_nursery() as nursery:
-            async def announce() -> None:
-                await operations.initialized.wait()
-                if ready_file:
-                    open(ready_file, "w").close()
-            nursery.start_soon(announce)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(serve)
-    finally:
-        pyfuse3.close(unmount=True)
+    dirs, files = int(sys.argv[2]), int(sys.argv[3])
+    serve(TreeFS(dirs, files), sys.argv[1], "treefs", sys.argv[4] if len(sys.argv) > 4 else None)
 
 
 if __name__ == "__main__":
