@@ -18,8 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+import trio
+
 from t5_mount_test import Mount, make_tree, tree_digest
 from t5_mount_test import volume  # noqa: F401 - the fixture
+from usenetfs.home import Home
+from usenetfs.mountd import control_request
+from usenetfs.volume import Volume
 
 
 def sync(mount: Mount, *args: str, check: bool = True) -> dict:
@@ -177,6 +182,10 @@ def test_sync_into_an_unmounted_volume_posts_everything_first(volume, tmp_path):
     volume.run("cache", "clear", "vol")
     volume.mount()
     assert tree_digest(mnt / "offline") == tree_digest(source)
+    # The sync backed the index up and handed that backup on, as an unmount does: the mount
+    # knows its index is exactly that backup, and has nothing to back up.
+    settled = trio.run(control_request, Volume(Home.resolve(volume.home), "vol"), "backup")
+    assert settled.get("unchanged") is True, settled
     # While mounted, no other process may take the volume.
     taken = volume.run("sync", str(source), "vol:/x", "--passphrase-file", str(volume.passphrase_file),
                        check=False)
