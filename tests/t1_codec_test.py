@@ -677,3 +677,47 @@ def test_tune_malloc_smoke():
         "assert c.decode(i, c.encode(i, p).body) == p\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def lent(body: bytes) -> memoryview:
+    """`body` as the NNTP layer lends it to a decoder: a view into a larger receive buffer,
+    with other bytes on both sides."""
+    buffer = bytearray(b"222 0 <x@y> body\r\n" + body + b".\r\n430 next\r\n")
+    return memoryview(buffer)[18:18 + len(body)]
+
+
+def outcome(decode, body) -> object:
+    try:
+        return bytes(decode(body))
+    except CodecError as e:
+        return type(e)
+
+
+def test_a_body_lent_as_a_view_decodes_exactly_as_a_copy():
+    """decode() reads a view without copying it whole (only its first and last lines): the
+    same payload or the same error as from bytes, for good, cut, damaged, lying and
+    foreign bodies."""
+    c = codec()
+    rng = random.Random(11)
+    bodies = []
+    for payload in (b"", b"abc", RANDOM_SEG[:100_000], TEXT_SEG):
+        body = c.encode(IDENT, payload).body
+        bodies.append(body)
+        bodies += [body[:cut] for cut in {0, 1, 8, len(body) - 1, len(body) - 2, len(body) - 3,
+                                          *(rng.randrange(len(body)) for _ in range(20))}]
+        for i in rng.sample(range(len(body)), 20):
+            bad = bytearray(body)
+            bad[i] ^= rng.randrange(1, 256)
+            bodies.append(bytes(bad))
+    enc = c.encode(IDENT, b"some payload here")
+    n = enc.stored_size
+    bodies += [enc.body.replace(b"size=%d " % n, b"size=%d " % (n + 1), 1),
+               enc.body.replace(b"=ypart begin=1 end=%d" % n, b"=ypart begin=1 end=%d" % (n - 1)),
+               enc.body.replace(b"pcrc32=", b"crc32="),
+               yenc.encode(b"not encrypted at all" * 100, "holiday.jpg")[0],
+               b"=ybegin part=1 total=1 line=128 size=5 name=x\r\n", os.urandom(5000) + b"\r\n"]
+    assert len(bodies) > 150
+    for body in bodies:
+        copied = outcome(lambda b: c.decode(IDENT, b), body)
+        assert outcome(lambda b: c.decode(IDENT, b), lent(body)) == copied
+    assert outcome(lambda b: c.decode(IDENT, b), lent(bodies[0])) == b""  # the empty payload's body

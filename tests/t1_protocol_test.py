@@ -239,3 +239,20 @@ def test_our_articles_are_dot_free():
         body = codec.encode(SegmentId(bytes(16), 0, 1), payload).body
         article = build_article("<a@b.c>", "alt.test", body)
         assert dot_stuff(article) == article
+
+
+def test_a_lent_block_is_a_view_and_one_kept_does_not_stop_the_buffer_growing():
+    """next_response(stuffed=True, lend=True): the block where it lies in the receive
+    buffer, for a consumer done with it before the next receive. One still referenced
+    (by a traceback, say) when a bigger response arrives leaves the reader its buffer and
+    the reader goes on in a new one; without `lend`, a copy."""
+    reader = ResponseReader(initial_size=64)
+    reader.feed(b"222 0 <a@b> body\r\nline one\r\nline two\r\n.\r\n")
+    got = reader.next_response(stuffed=True, lend=True)
+    assert isinstance(got.data, memoryview) and bytes(got.data) == b"line one\r\nline two\r\n"
+    kept = got.data[5:]
+    big = b"x" * 1000 + b"\r\n"
+    reader.feed(b"222 0 <a@b> body\r\n" + big + b".\r\n")  # more than the 64 bytes there are
+    again = reader.next_response(stuffed=True)
+    assert type(again.data) is bytes and again.data == big
+    assert bytes(kept) == b"one\r\nline two\r\n"

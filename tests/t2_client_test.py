@@ -82,6 +82,14 @@ async def test_large_body_and_missing_article(inn):
         with pytest.raises(ValueError):
             await conn.body(message_id, then=refuse)
         assert not conn.broken and await conn.body(message_id) == body
+        # With stuffed=True, then() is lent the body where it lies in the receive buffer
+        # (no copy); the view is released when then() returns. Without then(), a copy.
+        lent = []
+        assert await conn.body(message_id, stuffed=True, then=lambda got: lent.append(got) or bytes(got)) == body
+        assert isinstance(lent[0], memoryview)
+        with pytest.raises(ValueError):
+            lent[0].tobytes()  # released
+        assert type(await conn.body(message_id, stuffed=True)) is bytes
 
 
 async def test_duplicate_post_is_recognised(inn):

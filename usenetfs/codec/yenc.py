@@ -120,6 +120,9 @@ def _decoder() -> sabctools.Decoder:
     return dec
 
 
+_HEAD_BYTES = 1024 + 256  # where decode() looks for the =ybegin and =ypart lines
+
+
 def _feed(dec: sabctools.Decoder, piece: memoryview, out: list) -> None:
     pos = 0
     end = len(piece)
@@ -132,7 +135,7 @@ def _feed(dec: sabctools.Decoder, piece: memoryview, out: list) -> None:
         out.extend(dec)
 
 
-def _run_decoder(raw: bytes | bytearray) -> list:
+def _run_decoder(raw: bytes | bytearray | memoryview) -> list:
     dec = _decoder()
     out: list = []
     ok = False
@@ -196,35 +199,41 @@ def decode(body: bytes | bytearray | memoryview, *, max_size: int) -> bytearray:
     """Decode one single-part yEnc body, checking everything; return the decoded bytes.
 
     `max_size` bounds the declared and decoded size, so a hostile body cannot make us
-    allocate without limit.
+    allocate without limit. `body` may be any buffer, e.g. a view of the receive buffer
+    it arrived in: only its first and last lines are copied (for the checks below), the
+    rest goes straight to the decoder.
     """
-    # bytes/bytearray are searched in place; other buffers are copied once (they lack find).
-    raw = body if isinstance(body, (bytes, bytearray)) else memoryview(body).cast("B").tobytes()
-    n = len(raw)
+    view = memoryview(body).cast("B") if not isinstance(body, (bytes, bytearray)) else body
+    n = len(view)
     # Worst case yEnc: every byte escaped (2x) plus CRLF per line; plus header lines.
     if n > 2 * max_size + 2 * (max_size // LINE_LENGTH) + 4096:
         raise NotOurArticle("article body far larger than any article we write")
     # Our own strict look at the three framing lines, before sabctools sees anything:
     # it ignores part=/total=/line= and tolerates variants, and a declared size must be
-    # bounded before anything is allocated for it.
-    first_end = raw.find(b"\r\n", 0, 1024)
-    if not raw.startswith(_YBEGIN) or first_end < 0:
+    # bounded before anything is allocated for it. The =ybegin line is found in the first
+    # 1,024 bytes and the =ypart line within 256 after it; the trailer in the last 256.
+    head = bytes(view[:_HEAD_BYTES])
+    first_end = head.find(b"\r\n", 0, 1024)
+    if not head.startswith(_YBEGIN) or first_end < 0:
         raise NotOurArticle("body does not start with an =ybegin line")
-    m = _YBEGIN_RE.fullmatch(raw, 0, first_end)
+    m = _YBEGIN_RE.fullmatch(head, 0, first_end)
     if m is None:
         raise NotOurArticle("=ybegin line is not ours")
     size = int(m.group(1))
     if size > max_size:
         raise NotOurArticle("article larger than any we write")
-    second_end = raw.find(b"\r\n", first_end + 2, first_end + 256)
-    m = _YPART_RE.fullmatch(raw, first_end + 2, max(second_end, first_end + 2))
+    second_end = head.find(b"\r\n", first_end + 2, first_end + 256)
+    m = _YPART_RE.fullmatch(head, first_end + 2, max(second_end, first_end + 2))
     if second_end < 0 or m is None:
         raise NotOurArticle("no =ypart line of ours")
-    if not raw.endswith(b"\r\n"):
+    tail_at = max(0, n - 256)
+    tail = bytes(view[tail_at:])
+    if not tail.endswith(b"\r\n"):
         raise TruncatedArticle("body does not end with a line break")
     # The last line must be our trailer; a body cut at a line boundary ends in data.
-    last_start = raw.rfind(b"\r\n", max(0, n - 256), n - 2)
-    last = bytes(raw[last_start + 2 : n - 2]) if last_start > second_end else b""
+    last_start = tail.rfind(b"\r\n", 0, len(tail) - 2)
+    last_start = tail_at + last_start if last_start >= 0 else -1
+    last = tail[last_start + 2 - tail_at : len(tail) - 2] if last_start > second_end else b""
     if not last.startswith(_YEND):
         raise TruncatedArticle("no =yend trailer")
     m = _YEND_RE.fullmatch(last)
@@ -233,7 +242,7 @@ def decode(body: bytes | bytearray | memoryview, *, max_size: int) -> bytearray:
             raise CorruptArticle("=yend carries no pcrc32")
         raise NotOurArticle("=yend line is not ours")
 
-    responses = _run_decoder(raw)
+    responses = _run_decoder(view)
     ours = [r for r in responses if r.context is _CONTEXT]
     if len(ours) != 1:
         raise NotOurArticle("body does not parse as one response")

@@ -365,13 +365,22 @@ class NNTPConnection:
 
     def _article_command(self, verb: str, message_id: str, ok: int, doing: str, stuffed: bool, then=None):
         line = format_command(verb, message_id)
-        response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
+        # `then` runs here, before this connection receives again: it can be lent the
+        # body where it lies in the receive buffer instead of a copy.
+        lend = stuffed and then is not None
+        response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed, lend=lend)
         if response.code == 480 and self.config.user and not self.authenticated:
             self._authenticate()
-            response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed)
+            response = self._exchange(line, doing, timeout=self.config.body_timeout, stuffed=stuffed, lend=lend)
         if response.code != ok:
             raise error_for(response.code, response.text, doing)
-        return response.data if then is None else then(response.data)
+        if then is None:
+            return response.data
+        try:
+            return then(response.data)
+        finally:
+            if isinstance(response.data, memoryview):
+                response.data.release()
 
     # ------------------------------------------------------- trio <-> thread
     async def _call(self, doing: str, fn, *args):
@@ -436,14 +445,14 @@ class NNTPConnection:
 
     # ------------------------------------------------ worker-thread plumbing
     def _exchange(self, data: bytes | list[bytes], doing: str,
-                  timeout: float | None = None, stuffed: bool = False) -> Response:
+                  timeout: float | None = None, stuffed: bool = False, lend: bool = False) -> Response:
         """Send `data` and read exactly one response. Anything that goes wrong in
         between leaves the stream in an unknown state, so the connection is dropped."""
         if self.broken:
             raise E.ConnectionBroken(f"{doing}: connection already closed")
         try:
             self._send(data, doing)
-            return self._read_response(doing, timeout, stuffed)
+            return self._read_response(doing, timeout, stuffed, lend)
         except BaseException:
             self.broken = True
             raise
@@ -474,7 +483,8 @@ class NNTPConnection:
             finally:
                 view.release()
 
-    def _read_response(self, doing: str, timeout: float | None = None, stuffed: bool = False) -> Response:
+    def _read_response(self, doing: str, timeout: float | None = None, stuffed: bool = False,
+                       lend: bool = False) -> Response:
         """Read one response; `response_timeout` bounds each silence, `timeout` the whole."""
         reader, sock, recv = self._reader, self._sock, self._recv
         if sock is None:
@@ -482,7 +492,7 @@ class NNTPConnection:
         response_timeout = self.config.response_timeout
         deadline = time.monotonic() + (timeout or response_timeout)
         while True:
-            response = reader.next_response(stuffed=stuffed)
+            response = reader.next_response(stuffed=stuffed, lend=lend)
             if response is not None:
                 return response
             view = reader.writable(_RECEIVE_CHUNK)
