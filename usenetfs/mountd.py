@@ -169,7 +169,6 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
         config = volume.server_configs(settings, local_url)[0]
         await check_server(config, group=settings.group)
         index, carried = backup_current.open_tracked(volume, settings)
-        index.hold_lock()
         as_backed_up = carried is not None and not carried.pages
         backed_up = _BackedUp(index.writes if as_backed_up else None, settings.last_backup,
                               carried.basis if carried is not None else None)

@@ -87,16 +87,22 @@ def note(volume: Volume, basis: Basis, pages: set[int] | frozenset[int]) -> None
 
 
 def open_tracked(volume: Volume, settings: VolumeSettings) -> tuple[Index, Carried | None]:
-    """The volume's index (made if there is none) for a process that will write it and
-    back it up (the mount daemon, an offline sync): tracking the pages written, and
-    what the last session carried over (None: unknown, the next backup hashes it all)."""
+    """The volume's index (made if there is none) for the process that owns the volume,
+    writes it and backs it up (the mount daemon, an offline sync): holding its locks
+    (`Index.hold_lock`), tracking the pages written, and what the last session carried
+    over (None: unknown, the next backup hashes it all)."""
     carried = take(volume, settings.last_backup) if volume.index_file.exists() else None
     index = Index.open(volume.index_file) if volume.index_file.exists() else \
         Index.create(volume.index_file, scope_id=bytes.fromhex(settings.volume_id),
                      uid=os.getuid(), gid=os.getgid())
     if index.migrated:
         carried = None  # the migration rewrote pages, and its checkpoints were not tracked
-    index.track_changes(carried.pages if carried is not None else None)
+    try:
+        index.track_changes(carried.pages if carried is not None else None)
+        index.hold_lock()
+    except BaseException:
+        index.close()
+        raise
     return index, carried
 
 

@@ -261,7 +261,6 @@ def _sync_offline(volume: Volume, source: str, dest: str, args, on_items) -> dic
                 # As a mount does: the pages written are tracked, so the backup at the end
                 # reads only what changed since the last one, without copying the index.
                 index, carried = backup_current.open_tracked(volume, settings)
-                index.hold_lock()
                 basis = carried.basis if carried is not None else None
                 try:
                     for ino in index.orphans():  # unlinked while open when a mount crashed
