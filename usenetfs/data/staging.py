@@ -461,12 +461,23 @@ def recycle_paths(paths: list[Path], directory: Path, names: list[str]) -> list[
     """Empty the first len(names) files of `paths` and rename them to those names in
     `directory` (the spare pool); unlink the rest. Returns the names that now exist. A
     file is emptied before it is named a spare, so a crash never leaves a spare holding
-    data (scan() checks anyway)."""
+    data (scan() checks anyway).
+
+    Emptied through a descriptor of its own, closed here: ext4 marks a file truncated to
+    zero for `auto_da_alloc` (a program that replaces a file's content by truncating and
+    rewriting it gets its data written soon), and the next close of that file starts the
+    writeback of its dirty pages inside close(2). Left marked, the staging file made from
+    this spare would start its writeback in the trio thread's close (perf: ~27 us of
+    kernel time per small file). Closing the empty file here clears the mark."""
     recycled = []
     for i, path in enumerate(paths):
         try:
             if i < len(names):
-                os.truncate(path, 0)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)
                 os.rename(path, directory / names[i])
                 recycled.append(names[i])
             else:
