@@ -16,7 +16,7 @@ import trio
 
 from usenetfs.data import DataUnavailable, FileData
 from usenetfs.data import staging
-from usenetfs.data.staging import SPARES_TARGET, SYNCFS_FROM, fsync_paths
+from usenetfs.data.staging import SPARES_BATCH, SPARES_LOW, SPARES_MAX, SPARES_TARGET, SYNCFS_FROM, Staging, fsync_paths
 from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index
 from usenetfs.index.schema import DEAD, VERIFIED
 from usenetfs.keys import VolumeKeys
@@ -604,6 +604,30 @@ async def test_staging_files_reuse_the_inodes_of_uploaded_ones(index, store, tmp
         assert await fs.read(third) == b"third"
         await fs.data.flush_all()
     assert await fresh_read(index, store, tmp_path, second) == b"second"
+
+
+async def test_the_spare_pool_fills_to_its_target_in_batches_and_can_be_off(index, store, tmp_path):
+    """A mount's reservoir is bigger than one refill batch: it fills completely, and every
+    spare is an empty file. A read-only mount keeps none."""
+    target = SPARES_BATCH + SPARES_BATCH // 2
+    spare_dir = tmp_path / "cache" / "staging"
+    async with mounted(index, store, tmp_path / "cache", spare_files=target) as fs:
+        await wait_until(lambda: len(fs.data.staging.spares) >= target)
+        await trio.sleep(0.1)
+        assert len(fs.data.staging.spares) == target
+        on_disk = sorted(name for name in os.listdir(spare_dir) if name.startswith("spare-"))
+        assert on_disk == sorted(fs.data.staging.spares)
+        assert all((spare_dir / name).stat().st_size == 0 for name in on_disk)
+        # Drawn below SPARES_LOW, it is topped up to the target again.
+        for i in range(target - SPARES_LOW + 1):
+            await fs.write_file(f"f{i}".encode(), b"x")
+        await wait_until(lambda: len(fs.data.staging.spares) >= target)
+    async with mounted(index, store, tmp_path / "other", spare_files=0) as fs:
+        await trio.sleep(0.2)
+        assert fs.data.staging.spares == []
+        assert not [name for name in os.listdir(tmp_path / "other" / "staging") if name.startswith("spare-")]
+    with pytest.raises(ValueError):
+        Staging(tmp_path / "bad", 1 << 20, spare_target=SPARES_MAX + 1)
 
 
 async def test_missing_or_corrupt_segment_is_eio_never_wrong_bytes(index, store, tmp_path):

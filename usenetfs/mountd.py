@@ -144,6 +144,7 @@ def _chosen(option, setting):
 async def _serve(request: MountRequest, ready_fd: int | None) -> int:
     from .backup import current as backup_current
     from .data import FileData
+    from .data.staging import MOUNT_SPARES
     from .fs import Operations, fuse_options
     from .session import check_server, segment_store
 
@@ -182,7 +183,7 @@ async def _serve(request: MountRequest, ready_fd: int | None) -> int:
             data = FileData(index, store, volume.data_dir, segment_size=settings.segment_size,
                             staging_limit=settings.staging_limit, cache_bytes=settings.cache_bytes,
                             upload_concurrency=max(16, 8 * pool.max_connections),
-                            stream_segments=settings.stream_segments,
+                            stream_segments=settings.stream_segments, spare_files=MOUNT_SPARES,
                             disk_cache_bytes=_chosen(request.disk_cache_bytes, settings.disk_cache_bytes),
                             disk_cache_dir=volume.cache_dir / "segments")
             recovered = await data.recover()

@@ -24,7 +24,7 @@ from .copyin import StagedCopy, copy_into
 from .diskcache import DiskCache
 from .reader import Reader
 from .segcache import SegmentCache
-from .staging import DirtyFile, Staging, fsync_paths, sync_filesystem
+from .staging import SPARES_TARGET, DirtyFile, Staging, fsync_paths, sync_filesystem
 from .uploader import Uploader
 
 log = logging.getLogger("usenetfs.data")
@@ -59,6 +59,7 @@ class FileData:
         sync_delay: float = 1.0,  # commit -> index checkpoint -> staging unlink (s)
         commit_interval: float = 1.0,  # a write is durable (power cut) this long after it (s)
         stream_segments: int = 0,  # upload a file being written once this many segments wait (0: off)
+        spare_files: int = SPARES_TARGET,  # empty staging files kept ready (Staging's spare pool)
         scope: int = VOLUME_SCOPE,  # scopes.id the segments are made under
     ) -> None:
         if pack_threshold > segment_size:
@@ -67,7 +68,7 @@ class FileData:
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.segment_size = segment_size
-        self.staging = Staging(self.cache_dir / "staging", staging_limit)
+        self.staging = Staging(self.cache_dir / "staging", staging_limit, spare_target=spare_files)
         # First segments get an eighth of the cache (at least one segment, at most half).
         first_bytes = min(max(cache_bytes // 8, segment_size), 32 * MiB, cache_bytes // 2)
         self.cache = SegmentCache(cache_bytes, first_bytes)

@@ -40,12 +40,21 @@ from cachetools import LRUCache
 MIN_HOLE = 64 * 1024
 UNCHANGED = 1 << 62  # DirtyFile.changed_from: nothing written since the job started
 SPARE_PREFIX = "spare-"
-# The spare pool: refilled (in a worker thread) below SPARES_LOW, up to SPARES_TARGET;
-# recycled staging files are kept up to SPARES_MAX, the rest unlinked. An empty file costs
-# an inode and a directory entry, nothing else.
+# The spare pool: refilled (in a worker thread, SPARES_BATCH files per call) below
+# SPARES_LOW, up to the Staging's `spare_target` (SPARES_TARGET unless the caller wants a
+# bigger reservoir: a mount keeps MOUNT_SPARES); recycled staging files are kept up to
+# SPARES_MAX, the rest unlinked. An empty file costs an inode and a directory entry.
 SPARES_LOW = 64
 SPARES_TARGET = 256
+SPARES_BATCH = 256
 SPARES_MAX = 4096
+# A mount's reservoir: a burst of up to this many new files (an untar, a cp -r) draws on
+# files made at a quiet moment instead of allocating inodes while it runs, and recycling
+# the staging files of uploaded files fills it again. Where the staging file system has
+# been deleting files (ext4 skips every recently freed inode when it allocates one), a
+# refill costs ~0.3-0.7 ms of kernel CPU a file, and on two cores that work competes with
+# the burst itself (docs/performance.md, "Eighth session").
+MOUNT_SPARES = SPARES_MAX
 
 
 class DirtyFile:
@@ -104,7 +113,10 @@ class _FdCache(LRUCache):
 
 
 class Staging:
-    def __init__(self, directory: Path, limit: int, *, max_fds: int = 128) -> None:
+    def __init__(self, directory: Path, limit: int, *, max_fds: int = 128,
+                 spare_target: int = SPARES_TARGET) -> None:
+        if not 0 <= spare_target <= SPARES_MAX:
+            raise ValueError(f"spare_target must be within 0..{SPARES_MAX}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         # Paths as plain strings on the hot paths (a create per small file): building a
@@ -127,6 +139,7 @@ class Staging:
         # Names of empty files ready to become staging files (see create), and the next
         # free number for one.
         self.spares: list[str] = []
+        self.spare_target = spare_target
         self._spare_seq = 0
         self._fds = _FdCache(maxsize=max_fds)
         self._changed = trio.Event()
@@ -297,11 +310,16 @@ class Staging:
                 self.notify()
 
     async def refill_spares(self) -> None:
-        """Top the spare pool up to SPARES_TARGET (new files, made in a worker thread)."""
-        missing = SPARES_TARGET - len(self.spares)
-        if missing > 0:
-            names = self._spare_names(missing)
-            self.spares.extend(await trio.to_thread.run_sync(create_spares, self.directory, names))
+        """Top the spare pool up to `spare_target`: new files, made in a worker thread
+        SPARES_BATCH at a time, so that create() draws on the first while the rest are
+        made. Stops early if a batch could not make all its names (taken by leftovers):
+        the next refill goes on with fresh names."""
+        while (missing := self.spare_target - len(self.spares)) > 0:
+            names = self._spare_names(min(missing, SPARES_BATCH))
+            made = await trio.to_thread.run_sync(create_spares, self.directory, names)
+            self.spares.extend(made)
+            if len(made) < len(names):
+                break
 
     async def housekeeping_forever(self) -> None:
         """The task (FileData.run) that empties the trash whenever purge_retired fills it

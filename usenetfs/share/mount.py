@@ -99,7 +99,8 @@ async def serve_share(share: ShareMount, request: MountRequest, ready_fd: int | 
         async with NNTPClient(share.server, PoolOptions(max_connections=share.connections)) as client:
             store = KeyedSegmentStore(client, mirror.segment_secret, domain=data_params["domain"],
                                       cipher=data_params["cipher"], pad=data_params.get("pad"))
-            data = FileData(index, store, sub.data_dir, cache_bytes=CACHE_BYTES,
+            # Read-only: nothing is ever staged, so no spare staging files either.
+            data = FileData(index, store, sub.data_dir, cache_bytes=CACHE_BYTES, spare_files=0,
                             disk_cache_bytes=request.disk_cache_bytes or 0,
                             disk_cache_dir=sub.cache_dir / "segments")
             tune_gc()  # as a volume's daemon: start-up's objects leave the collector's scans
