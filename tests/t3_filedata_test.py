@@ -607,8 +607,8 @@ async def test_staging_files_reuse_the_inodes_of_uploaded_ones(index, store, tmp
 
 
 async def test_the_spare_pool_fills_to_its_target_in_batches_and_can_be_off(index, store, tmp_path):
-    """A mount's reservoir is bigger than one refill batch: it fills completely, and every
-    spare is an empty file. A read-only mount keeps none."""
+    """A mount's reservoir is bigger than the pool refilled at once: the rest trickles in
+    until it is full, and every spare is an empty file. A read-only mount keeps none."""
     target = SPARES_BATCH + SPARES_BATCH // 2
     spare_dir = tmp_path / "cache" / "staging"
     async with mounted(index, store, tmp_path / "cache", spare_files=target) as fs:

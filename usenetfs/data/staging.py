@@ -40,13 +40,17 @@ from cachetools import LRUCache
 MIN_HOLE = 64 * 1024
 UNCHANGED = 1 << 62  # DirtyFile.changed_from: nothing written since the job started
 SPARE_PREFIX = "spare-"
-# The spare pool: refilled (in a worker thread, SPARES_BATCH files per call) below
-# SPARES_LOW, up to the Staging's `spare_target` (SPARES_TARGET unless the caller wants a
-# bigger reservoir: a mount keeps MOUNT_SPARES); recycled staging files are kept up to
-# SPARES_MAX, the rest unlinked. An empty file costs an inode and a directory entry.
+# The spare pool: refilled at once (in a worker thread, SPARES_BATCH files per call) up
+# to SPARES_TARGET when create() draws it below SPARES_LOW; beyond that, up to the
+# Staging's `spare_target` (a mount keeps MOUNT_SPARES), it grows by SPARES_TRICKLE files
+# every TRICKLE_INTERVAL seconds, a background cost too small to slow anything down.
+# Recycled staging files are kept up to SPARES_MAX, the rest unlinked. An empty file
+# costs an inode and a directory entry.
 SPARES_LOW = 64
 SPARES_TARGET = 256
 SPARES_BATCH = 256
+SPARES_TRICKLE = 64
+TRICKLE_INTERVAL = 0.5
 SPARES_MAX = 4096
 # A mount's reservoir: a burst of up to this many new files (an untar, a cp -r) draws on
 # files made at a quiet moment instead of allocating inodes while it runs, and recycling
@@ -309,12 +313,12 @@ class Staging:
                 self.used -= sum(alloc for _, alloc in batch)
                 self.notify()
 
-    async def refill_spares(self) -> None:
-        """Top the spare pool up to `spare_target`: new files, made in a worker thread
-        SPARES_BATCH at a time, so that create() draws on the first while the rest are
-        made. Stops early if a batch could not make all its names (taken by leftovers):
-        the next refill goes on with fresh names."""
-        while (missing := self.spare_target - len(self.spares)) > 0:
+    async def refill_spares(self, upto: int) -> None:
+        """Top the spare pool up to `upto` (at most `spare_target`): new files, made in a
+        worker thread SPARES_BATCH at a time, so that create() draws on the first while
+        the rest are made. Stops early if a batch could not make all its names (taken by
+        leftovers): the next refill goes on with fresh names."""
+        while (missing := min(upto, self.spare_target) - len(self.spares)) > 0:
             names = self._spare_names(min(missing, SPARES_BATCH))
             made = await trio.to_thread.run_sync(create_spares, self.directory, names)
             self.spares.extend(made)
@@ -322,13 +326,21 @@ class Staging:
                 break
 
     async def housekeeping_forever(self) -> None:
-        """The task (FileData.run) that empties the trash whenever purge_retired fills it
-        and refills the spare pool when create has drawn it below SPARES_LOW."""
+        """The task (FileData.run) that empties the trash whenever purge_retired fills it,
+        refills the spare pool when create has drawn it below SPARES_LOW, and lets the
+        rest of the reservoir trickle in."""
         while True:
             await self.empty_trash()
             if len(self.spares) < SPARES_LOW:
-                await self.refill_spares()
-            await self._trashed.wait()
+                await self.refill_spares(SPARES_TARGET)
+            if len(self.spares) < self.spare_target:
+                with trio.move_on_after(TRICKLE_INTERVAL):
+                    await self._trashed.wait()
+                if not self._trashed.is_set():
+                    await self.refill_spares(len(self.spares) + SPARES_TRICKLE)
+                    continue
+            else:
+                await self._trashed.wait()
             self._trashed = trio.Event()
 
     def empty_trash_now(self) -> None:
