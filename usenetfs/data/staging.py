@@ -49,7 +49,7 @@ SPARE_PREFIX = "spare-"
 SPARES_LOW = 64
 SPARES_TARGET = 256
 SPARES_BATCH = 256
-SPARES_TRICKLE = 64
+SPARES_TRICKLE = 128
 TRICKLE_INTERVAL = 0.5
 SPARES_MAX = 4096
 # A mount's reservoir: a burst of up to this many new files (an untar, a cp -r) draws on
