@@ -8,6 +8,7 @@ release with the parent as group, forget on delete). Every test ends with a clea
 from __future__ import annotations
 
 import os
+import random
 import stat
 from contextlib import asynccontextmanager
 
@@ -878,3 +879,46 @@ async def test_disk_cache_reopens_in_lru_order_and_drops_leftovers(tmp_path):
     async with trio.open_nursery() as nursery:
         reopened.put_soon(nursery, 4, b"x" * 10_000)  # larger than the whole cache: not kept
     assert 4 not in reopened and reopened.size <= reopened.capacity
+
+
+def test_read_virtual_reads_any_range_of_the_regions_laid_end_to_end(tmp_path):
+    """read_virtual against its definition: random files and regions, ranges inside one
+    region (the one-pread path), across regions and files, over a vanished file and past
+    the end of a file that shrank (zeros)."""
+    rng = random.Random(7)
+    sources, virtual = [], bytearray()
+    for n in range(5):
+        path = tmp_path / f"src{n}"
+        content = rng.randbytes(rng.randrange(1, 5000))
+        path.write_bytes(content)
+        regions, pos = [], 0
+        while pos < len(content):
+            start = min(len(content), pos + rng.randrange(0, 300))
+            end = min(len(content), start + rng.randrange(1, 1500))
+            if start < end:
+                regions.append((start, end))
+                virtual += content[start:end]
+            pos = end
+        sources.append((path, regions))
+    # A file that vanished and one that shrank read as zeros where their bytes were.
+    gone_at = sum(e - s for _, regions in sources[:2] for s, e in regions)
+    gone_len = sum(e - s for s, e in sources[2][1])
+    sources[2][0].unlink()
+    virtual[gone_at:gone_at + gone_len] = bytes(gone_len)
+    shrunk_path, shrunk_regions = sources[4]
+    keep = shrunk_regions[-1][0] + (shrunk_regions[-1][1] - shrunk_regions[-1][0]) // 2
+    os.truncate(shrunk_path, keep)
+    cut = len(virtual) - (shrunk_regions[-1][1] - keep)
+    virtual[cut:] = bytes(len(virtual) - cut)
+    ranges = [(0, len(virtual)), (0, 1), (len(virtual) - 1, len(virtual))]
+    pos = 0
+    for _, regions in sources:  # exactly one region each
+        for s, e in regions:
+            ranges.append((pos, pos + e - s))
+            ranges.append((pos + 1, pos + e - s)) if e - s > 1 else None
+            pos += e - s
+    ranges += [tuple(sorted(rng.sample(range(len(virtual) + 1), 2))) for _ in range(300)]
+    for start, end in ranges:
+        if start < end:
+            got = staging.read_virtual(sources, start, end)
+            assert type(got) is bytes and got == bytes(virtual[start:end]), (start, end)

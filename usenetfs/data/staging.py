@@ -613,8 +613,13 @@ def read_virtual(sources: list[tuple[Path, list[tuple[int, int]]]], start: int, 
     """Bytes [start, end) of the virtual string made of every source's data regions laid
     end to end, in order. Short or vanished files read as zeros: the length is always
     end - start (the segment row was allocated with that size; a file that changed
-    meanwhile stays dirty and is uploaded again)."""
-    out = bytearray(end - start)
+    meanwhile stays dirty and is uploaded again).
+
+    The common case, one data region holding the whole range (a segment of a dense file),
+    is one pread: the page cache's copy is the result. Otherwise the pieces are read in
+    place into one buffer."""
+    out: bytearray | None = None
+    view: memoryview | None = None
     vpos = 0
     for path, regions in sources:
         fd = None
@@ -631,14 +636,26 @@ def read_virtual(sources: list[tuple[Path, list[tuple[int, int]]]], start: int, 
                             missing = True
                             vpos += rlen
                             continue
-                    chunk = os.pread(fd, hi - lo, rstart + (lo - vpos))
-                    out[lo - start : lo - start + len(chunk)] = chunk
+                    if out is None:
+                        if lo == start and hi == end:
+                            chunk = os.pread(fd, end - start, rstart + (lo - vpos))
+                            if len(chunk) == end - start:
+                                return chunk
+                            # Short (the file shrank): the rest reads as zeros.
+                            return chunk + bytes(end - start - len(chunk))
+                        out = bytearray(end - start)
+                        view = memoryview(out)
+                    os.preadv(fd, [view[lo - start : hi - start]], rstart + (lo - vpos))
                 vpos += rlen
                 if vpos >= end:
-                    return bytes(out)
+                    break
         finally:
             if fd is not None:
                 os.close(fd)
+        if vpos >= end:
+            break
+    if out is None:
+        return bytes(end - start)
     return bytes(out)
 
 
