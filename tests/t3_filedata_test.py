@@ -922,3 +922,22 @@ def test_read_virtual_reads_any_range_of_the_regions_laid_end_to_end(tmp_path):
         if start < end:
             got = staging.read_virtual(sources, start, end)
             assert type(got) is bytes and got == bytes(virtual[start:end]), (start, end)
+
+
+async def test_a_failure_to_make_spares_is_logged_once_and_stops_nothing(tmp_path, caplog):
+    """Spares that cannot be made (here: the directory is gone; a full disk in life) leave
+    the pool as it is, with one warning, and the trickle waits before trying again."""
+    pool = Staging(tmp_path / "staging", 1 << 20, spare_target=SPARES_BATCH)
+    await pool.refill_spares(10)
+    assert len(pool.spares) == 10
+    for name in pool.spares:
+        (tmp_path / "staging" / name).unlink()
+    (tmp_path / "staging").rmdir()
+    for _ in range(3):
+        await pool.refill_spares(SPARES_BATCH)
+    assert len(pool.spares) == 10
+    warnings = [r for r in caplog.records if "cannot make spare staging files" in r.getMessage()]
+    assert len(warnings) == 1 and "No such file or directory" in warnings[0].getMessage()
+    assert pool._spares_retry_at > trio.current_time()
+    made, error = staging.create_spares(tmp_path / "staging", ["spare-0"])
+    assert made == [] and isinstance(error, FileNotFoundError)

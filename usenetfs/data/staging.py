@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
+import math
 import os
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import trio
 from cachetools import LRUCache
+
+log = logging.getLogger("usenetfs.data")
 
 # Holes shorter than this are stored as the zeros they are: a data region per 4 KiB block
 # of a fragmented sparse file would cost an extent row each for nothing.
@@ -52,6 +56,7 @@ SPARES_BATCH = 256
 SPARES_TRICKLE = 128
 TRICKLE_INTERVAL = 0.5
 SPARES_MAX = 4096
+SPARES_RETRY = 30.0  # after a failure to make spares (a full disk): seconds before trying again
 # A mount's reservoir: a burst of up to this many new files (an untar, a cp -r) draws on
 # files made at a quiet moment instead of allocating inodes while it runs, and recycling
 # the staging files of uploaded files fills it again. Where the staging file system has
@@ -145,6 +150,8 @@ class Staging:
         self.spares: list[str] = []
         self.spare_target = spare_target
         self._spare_seq = 0
+        self._spares_failing = False  # the last attempt to make spares failed (logged once)
+        self._spares_retry_at = -math.inf  # trio time before which the trickle does not try
         self._fds = _FdCache(maxsize=max_fds)
         self._changed = trio.Event()
 
@@ -320,8 +327,17 @@ class Staging:
         leftovers): the next refill goes on with fresh names."""
         while (missing := min(upto, self.spare_target) - len(self.spares)) > 0:
             names = self._spare_names(min(missing, SPARES_BATCH))
-            made = await trio.to_thread.run_sync(create_spares, self.directory, names)
+            made, error = await trio.to_thread.run_sync(create_spares, self.directory, names)
             self.spares.extend(made)
+            if error is not None:
+                # A full disk or a read-only file system: new files are then created one
+                # by one (and fail there with the error their writer gets).
+                if not self._spares_failing:
+                    log.warning("cannot make spare staging files in %s: %s", self.directory, error)
+                self._spares_failing = True
+                self._spares_retry_at = trio.current_time() + SPARES_RETRY
+                break
+            self._spares_failing = False
             if len(made) < len(names):
                 break
 
@@ -333,7 +349,7 @@ class Staging:
             await self.empty_trash()
             if len(self.spares) < SPARES_LOW:
                 await self.refill_spares(SPARES_TARGET)
-            if len(self.spares) < self.spare_target:
+            if len(self.spares) < self.spare_target and trio.current_time() >= self._spares_retry_at:
                 with trio.move_on_after(TRICKLE_INTERVAL):
                     await self._trashed.wait()
                 if not self._trashed.is_set():
@@ -517,16 +533,19 @@ def recycle_paths(paths: list[Path], directory: Path, names: list[str]) -> list[
     return recycled
 
 
-def create_spares(directory: Path, names: list[str]) -> list[str]:
-    """Create empty files `names` in `directory`; the names made."""
+def create_spares(directory: Path, names: list[str]) -> tuple[list[str], OSError | None]:
+    """Create empty files `names` in `directory`: the names made, and the error that
+    stopped it early (None if none did; a name that exists already is skipped)."""
     made = []
     for name in names:
         try:
             os.close(os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             continue
+        except OSError as error:
+            return made, error
         made.append(name)
-    return made
+    return made, None
 
 
 # From this many files, one syncfs(2) makes a batch durable instead of an fsync each:
