@@ -8,7 +8,8 @@ Owns
   progress and means nothing), a small LRU of open descriptors, and the space accounting
   with backpressure (`wait_for_space`);
 - the spare pool: empty files named `spare-<n>` that a new staging file is renamed from,
-  fed by recycling the staging files of uploaded files (see `create`);
+  fed by recycling the staging files of uploaded files (see `create`) and topped up by
+  `housekeeping_forever` (a mount keeps a reservoir of MOUNT_SPARES);
 - pure helpers the worker threads run: `fsync_paths` and `sync_filesystem` (durability,
   per file or one syncfs for a batch), `unlink_paths`, `recycle_paths`,
   `create_spares`, `data_regions` (SEEK_DATA/SEEK_HOLE), `read_virtual` (a byte range of
