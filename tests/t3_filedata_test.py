@@ -941,3 +941,19 @@ async def test_a_failure_to_make_spares_is_logged_once_and_stops_nothing(tmp_pat
     assert pool._spares_retry_at > trio.current_time()
     made, error = staging.create_spares(tmp_path / "staging", ["spare-0"])
     assert made == [] and isinstance(error, FileNotFoundError)
+
+
+def test_recycling_survives_a_file_it_cannot_empty(tmp_path, caplog):
+    """An uploaded staging file that cannot be emptied (here a directory where a file was
+    expected: EISDIR) is skipped with one warning; the others still become spares."""
+    pool = tmp_path / "staging"
+    pool.mkdir()
+    odd = pool / "purged-1-1.tmp"
+    odd.mkdir()
+    good = pool / "purged-2-2.tmp"
+    good.write_bytes(b"uploaded already")
+    recycled = staging.recycle_paths([odd, good], pool, ["spare-0", "spare-1"])
+    assert recycled == ["spare-1"]
+    assert (pool / "spare-1").stat().st_size == 0 and not good.exists()
+    warnings = [r for r in caplog.records if "cannot recycle" in r.getMessage()]
+    assert len(warnings) == 1 and "Is a directory" in warnings[0].getMessage()

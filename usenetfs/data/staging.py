@@ -515,8 +515,13 @@ def recycle_paths(paths: list[Path], directory: Path, names: list[str]) -> list[
     rewriting it gets its data written soon), and the next close of that file starts the
     writeback of its dirty pages inside close(2). Left marked, the staging file made from
     this spare would start its writeback in the trio thread's close (perf: ~27 us of
-    kernel time per small file). Closing the empty file here clears the mark."""
+    kernel time per small file). Closing the empty file here clears the mark.
+
+    A file that cannot be recycled (a disk error) is unlinked if it can be, with one
+    warning per call: these files are already uploaded, and the task that recycles them
+    must not end the mount. One still left is removed by scan() at the next mount."""
     recycled = []
+    failure: OSError | None = None
     for i, path in enumerate(paths):
         try:
             if i < len(names):
@@ -531,6 +536,14 @@ def recycle_paths(paths: list[Path], directory: Path, names: list[str]) -> list[
                 os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError as error:
+            failure = failure or error
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if failure is not None:
+        log.warning("cannot recycle uploaded staging files in %s: %s", directory, failure)
     return recycled
 
 
