@@ -6,13 +6,13 @@
 2. cold sequential read after `cache clear` + remount vs raw BODY of those articles.
 3. warm read (a file that fits the caches, read a second time) vs benchmarks/memfs.py.
 4. creating 2,000 small files vs the same in memfs (after a flush, so no upload runs).
+5. (no goal) the cold read again through a fresh mount with `-o disk_cache`, after two reads
+   filled that cache: what the on-disk segment cache gives against raw BODY (here a loopback
+   INN; a provider is slower).
 
 Steps 2 and 4 and the raw BODY ceiling are each measured ROUNDS (3) times in the run and
 compared by their medians (every figure is printed): single runs of them moved by ±15% on
 these shared machines.
-5. (no goal) the cold read again through a fresh mount with `-o disk_cache`, after two reads
-   filled that cache: what the on-disk segment cache gives against raw BODY (here a loopback
-   INN; a provider is slower).
 
     python benchmarks/bench_fs.py [--size-mb 1024] [--connections 4]
 """
