@@ -17,6 +17,7 @@ import trio
 
 from usenetfs.data import DataUnavailable, FileData
 from usenetfs.data import staging
+from usenetfs.data import uploader as uploader_module
 from usenetfs.data.staging import SPARES_BATCH, SPARES_LOW, SPARES_MAX, SPARES_TARGET, SYNCFS_FROM, Staging, fsync_paths
 from usenetfs.index import ROOT_INODE, VOLUME_SCOPE, Index
 from usenetfs.index.schema import DEAD, VERIFIED
@@ -248,6 +249,30 @@ async def test_small_files_in_a_directory_are_packed(index, store, tmp_path):
     async with mounted(index, store, tmp_path / "cache2") as fs:
         for (name, parent), content in contents.items():
             assert await fs.read(inos[name, parent]) == content
+
+
+async def test_a_burst_of_small_files_does_not_wake_the_uploader_per_file(index, keys, tmp_path):
+    # 300 files released ~1 ms apart, each due `release_delay` after its release. The
+    # first one due is packed with all the others; while that pack uploads (held at the
+    # gate here), the others' due times still pass, one by one. The uploader serves due
+    # times at its tick, so that costs a few wake-ups per tick, not one per file (it did,
+    # and each wake-up cost the trio thread ~40 µs while a burst of small files ran).
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60, release_delay=0.3) as fs:
+        d = fs.mkdir(b"d")
+        await trio.sleep(0.1)  # the spare pool's first refill
+        before = fs.data.uploader.wakeups
+        started = trio.current_time()
+        for i in range(300):
+            await fs.write_file(b"f%d" % i, b"x" * 100, d)
+            await trio.sleep(0.001)
+        await trio.sleep(0.5)  # every file is due, the pack waits at the gate
+        span = trio.current_time() - started
+        store.gate.set()
+        await wait_until(lambda: not fs.data.pending()["files"])
+        wakeups = fs.data.uploader.wakeups - before
+    assert wakeups <= 2 * span / uploader_module._TICK + 10, (wakeups, span)
 
 
 async def test_sparse_large_file_has_no_extents_for_holes(index, store, tmp_path):
