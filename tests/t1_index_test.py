@@ -927,6 +927,73 @@ def test_failure_after_a_write_dooms_the_batch(ix: Index, monkeypatch: pytest.Mo
     assert ix.lookup(ROOT_INODE, b"f") is None and ix.stats() == before
 
 
+def committed_names(path: Path) -> set[bytes]:
+    """The names in the index file as another connection sees them: committed ones only."""
+    with sqlite3.connect(path) as other:
+        return {row[0] for row in other.execute("SELECT name FROM dentries")}
+
+
+def test_a_deferred_create_commits_with_the_next_transaction(ix: Index, path: Path):
+    f = ix.make_node(ROOT_INODE, b"f", REG, 1000, 1000, defer_commit=True).id
+    assert ix.lookup(ROOT_INODE, b"f") == f  # visible on its own connection at once
+    assert ix.commit_pending and b"f" not in committed_names(path)
+    ix.update_inode(f, size=5)  # the release's transaction: one COMMIT for both
+    assert not ix.commit_pending and b"f" in committed_names(path)
+    g = ix.make_node(ROOT_INODE, b"g", REG, 1000, 1000, defer_commit=True).id
+    h = ix.make_node(ROOT_INODE, b"h", REG, 1000, 1000, defer_commit=True).id  # deferred again
+    assert committed_names(path) == {b"f"}
+    ix.commit_deferred()
+    assert committed_names(path) == {b"f", b"g", b"h"}
+    assert not ix.commit_pending
+    ix.commit_deferred()  # nothing waits: nothing happens
+    assert ix.stats() == tuple(recount(path).values())
+    assert len({f, g, h}) == 3
+
+
+def test_a_rollback_after_a_deferred_create_keeps_it(ix: Index, path: Path):
+    f = ix.make_node(ROOT_INODE, b"f", REG, 1000, 1000, defer_commit=True).id
+    with pytest.raises(RuntimeError):
+        with ix.batch():
+            mkfile(ix, b"g", 100)
+            raise RuntimeError("boom")
+    with pytest.raises(Exists):
+        ix.make_node(ROOT_INODE, b"f", REG, 1000, 1000)  # a domain error, rolled back alone
+    assert ix.commit_pending  # still deferred, still there, and the counters with it
+    assert ix.lookup(ROOT_INODE, b"f") == f and ix.lookup(ROOT_INODE, b"g") is None
+    g = mkfile(ix, b"g", 7)
+    assert g != f  # the inode allocator did not go back behind f
+    assert committed_names(path) == {b"f", b"g"}
+    assert ix.stats() == tuple(recount(path).values())
+
+
+def test_a_deferred_create_is_lost_by_a_crash_and_committed_by_close(path: Path):
+    script = (
+        "import os, stat, sys\n"
+        "from usenetfs.index import Index, ROOT_INODE\n"
+        "ix = Index.open(sys.argv[1])\n"
+        "ix.make_node(ROOT_INODE, b'kept', stat.S_IFREG | 0o644, 0, 0)\n"
+        "ix.make_node(ROOT_INODE, b'lost', stat.S_IFREG | 0o644, 0, 0, defer_commit=True)\n"
+        "os._exit(0)\n"
+    )
+    Index.create(path).close()
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    with Index.open(path) as ix:
+        assert ix.lookup(ROOT_INODE, b"kept") and ix.lookup(ROOT_INODE, b"lost") is None
+        assert ix.fsck() == []
+        ix.make_node(ROOT_INODE, b"closed", REG, 0, 0, defer_commit=True)
+        assert ix.checkpoint()[0] == 0 and b"closed" in committed_names(path)  # a checkpoint commits first
+        ix.make_node(ROOT_INODE, b"at close", REG, 0, 0, defer_commit=True)
+    assert b"at close" in committed_names(path)
+
+
+def test_defer_commit_inside_a_batch_defers_nothing(ix: Index, path: Path):
+    with ix.batch():
+        ix.make_node(ROOT_INODE, b"f", REG, 1000, 1000, defer_commit=True)
+    assert not ix.commit_pending and b"f" in committed_names(path)
+    with pytest.raises(RuntimeError):
+        ix.defer_commit()  # outside any transaction
+
+
 def test_counters_follow_another_writer(path: Path):
     a = Index.create(path)
     b = Index.open(path)
