@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sqlite3
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -973,36 +972,6 @@ async def test_size_and_times_of_an_open_file_reach_the_index_at_release_or_fsyn
     row, a = fs.index.get_inode(ino), await fs.getattr(ino)
     assert (row.size, row.mtime_ns) == (a.st_size, a.st_mtime_ns) == (5001, row.mtime_ns)
     assert row.mtime_ns != later  # the last write's time
-
-
-def committed_names(fs: FS) -> set[bytes]:
-    """Names in the index file as another connection (or the next mount, after a crash)
-    sees them: committed ones only."""
-    with sqlite3.connect(fs.tmp / "index.db") as other:
-        return {row[0] for row in other.execute("SELECT name FROM dentries")}
-
-
-async def test_a_created_file_is_committed_by_its_release_or_fsync(fs: FS):
-    # create's COMMIT waits for the next transaction's (Index.make_node's defer_commit):
-    # one commit per small file copied in. Closing or fsyncing a file commits it, even
-    # when nothing was written or changed that would have.
-    fh, ino = await fs.create(b"empty")
-    assert b"empty" not in committed_names(fs)
-    await fs.ops.release(fh)
-    assert b"empty" in committed_names(fs)
-    fh, ino = await fs.create(b"synced")
-    await fs.ops.fsync(fh, False)
-    assert b"synced" in committed_names(fs)
-    await fs.ops.release(fh)
-    fh, ino = await fs.create(b"kept open")
-    await fs.ops.mkdir(ROOT_INODE, b"d", 0o755, CTX)  # any other change commits it too
-    assert {b"kept open", b"d"} <= committed_names(fs)
-    await fs.ops.release(fh)
-    fh, ino = await fs.create(b"idle")
-    with trio.fail_after(5):  # FileData's durability pass, within its commit_interval
-        while b"idle" not in committed_names(fs):
-            await trio.sleep(0.05)
-    await fs.ops.release(fh)
 
 
 async def test_fsync_reports_local_disk_errors_and_retries(fs: FS, allow_logs):

@@ -279,7 +279,6 @@ class FileData:
         """Durable on local disk now: the staging file, the directory naming it, and the
         index (sizes, times, names). A clean file's data is already verified on the
         server."""
-        self.index.commit_deferred()  # a file just created may not be committed yet
         paths = [self.staging.path(ino)] if ino in self.staging.files else []
         await trio.to_thread.run_sync(self._make_durable, paths)
 
@@ -290,9 +289,6 @@ class FileData:
         interval plays the same part); fsync() does it at once for one file."""
         while True:
             await trio.sleep(self.commit_interval)
-            # A file created and not closed since: its creation is committed within an
-            # interval, as everything else is (Index.make_node's defer_commit).
-            self.index.commit_deferred()
             if not self._unsynced:
                 continue
             # Files still open for writing wait for their close (or fsync): nothing is

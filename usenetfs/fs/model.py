@@ -274,7 +274,6 @@ class FsModel:
         pending = [node for node in self.nodes.values() if node.pending]
         for node in pending:
             self._persist(node)
-        self.index.commit_deferred()
         return len(pending)
 
     def _writable(self) -> None:
@@ -364,16 +363,14 @@ class FsModel:
             return mode, parent.gid
         return mode, caller.gid
 
-    def _make(self, parent: int, name: bytes, mode: int, caller: Caller, rdev: int = 0, target=None,
-              defer_commit: bool = False) -> InodeRow:
+    def _make(self, parent: int, name: bytes, mode: int, caller: Caller, rdev: int = 0, target=None) -> InodeRow:
         self._writable()
         self._check_name(name)
         p = self.row(parent)
         if not p.is_dir:
             raise FsError(errno.ENOTDIR)
         mode, gid = self._new_owner(p, caller, mode)
-        row = self.index.make_node(parent, name, mode, caller.uid, gid, rdev, target=target,
-                                   defer_commit=defer_commit)
+        row = self.index.make_node(parent, name, mode, caller.uid, gid, rdev, target=target)
         self._refresh(parent)
         self._remember(row, parent)
         return row
@@ -594,10 +591,7 @@ class FsModel:
         return h
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[Handle, InodeRow]:
-        # Its COMMIT waits for the release's (or fsync, or FileData's durability pass
-        # within a second): one commit per small file copied in instead of two. A crash
-        # before then loses a file that was neither closed nor fsynced.
-        row = self._make(parent, name, stat.S_IFREG | (mode & 0o7777), caller, defer_commit=True)
+        row = self._make(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
         h = self._create_handle(row, flags)
         try:
             await self.data.open_for_write(row.id, 0, truncate=False, created=True)
@@ -668,9 +662,6 @@ class FsModel:
                 # The last writer is gone: FileData uploads after it has been idle a while.
                 # (An unlinked file's data is dropped when it is deleted: no upload.)
                 self.data.release(h.ino, node.group)
-            # A closed file survives a crash: its creation may still be waiting for a
-            # COMMIT (create), when nothing was written or changed to commit it with.
-            self.index.commit_deferred()
         self._maybe_drop(h.ino)
 
     # ------------------------------------------------------------------ xattrs

@@ -22,16 +22,6 @@ write dooms the enclosing batch (it is rolled back at its end, `BatchAborted`).
 Counters (statfs numbers, id allocators) live in memory and are written once per commit
 with one UPDATE; a rollback restores them, and `PRAGMA data_version` tells us to reload
 them if another connection committed in between.
-
-Deferred commits (`make_node(..., defer_commit=True)`, for a file made by FUSE create):
-the transaction ends but is left open, so its COMMIT is shared with the next transaction
-(the file's release, normally a millisecond later) instead of costing one of its own;
-`commit_deferred()` commits it at the latest (a durability pass, fsync, a checkpoint,
-close). Until then it is visible on this connection and lost by a crash, as a file
-that was neither closed nor fsynced may be. Transactions that begin meanwhile are
-SAVEPOINTs inside it: rolling one of them back leaves the deferred work in place (the
-counters row is written before a transaction is deferred, so reloading it after such a
-rollback reads the counters as of the deferred work).
 """
 
 from __future__ import annotations
@@ -243,12 +233,6 @@ class Index:
         self._lock_held = False  # see hold_lock
         self._page_size: int | None = None  # read once, when first asked
         self._commits = 0  # since the last look at the WAL's length (tracking only)
-        # Deferred commits (module docstring): an SQLite transaction is open whose work
-        # is done; the transaction running now is a savepoint inside it; and whether the
-        # transaction running now asked to be deferred.
-        self._deferred = False
-        self._savepoint = False
-        self._defer_this = False
         try:
             if _create is not None:
                 self._initialise(**_create)
@@ -371,8 +355,6 @@ class Index:
         if conn is None:
             return
         try:
-            if self._depth == 0:
-                self.commit_deferred()  # done work, only its COMMIT was waiting
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             if self.changes is not None:
@@ -397,7 +379,6 @@ class Index:
         busy, nothing copied."""
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ValueError(mode)
-        self.commit_deferred()  # a checkpoint copies committed frames only
         changes = self.changes
         if changes is None:
             return tuple(self._q(f"PRAGMA wal_checkpoint({mode})").fetchone())
@@ -514,13 +495,6 @@ class Index:
         return self._txn
 
     def _begin(self) -> None:
-        if self._deferred:
-            # The write lock is ours since the deferred transaction began.
-            self._q("SAVEPOINT txn")
-            self._savepoint = True
-            self._saved = self._c.copy()
-            self._doomed = None
-            return
         self._q("BEGIN IMMEDIATE")
         # With the lock held no other connection can have committed: it cannot open the file.
         version = self._data_version if self._lock_held else self._q("PRAGMA data_version").fetchone()[0]
@@ -538,15 +512,7 @@ class Index:
         try:
             if self._c != self._saved:
                 self._q(_UPDATE_COUNTERS, [self._c[n] for n in schema.COUNTER_NAMES])
-            if self._savepoint:
-                self._q("RELEASE txn")
-                self._savepoint = False
-            if self._defer_this:
-                self._defer_this = False
-                self._deferred = True
-                return
             self._q("COMMIT")
-            self._deferred = False
         except BaseException:
             self._rollback()
             raise
@@ -557,34 +523,9 @@ class Index:
 
     def _rollback(self) -> None:
         self._doomed = None
-        self._defer_this = False
-        if self._savepoint:  # only this transaction: the deferred one before it stays
-            self._savepoint = False
-            self._q("ROLLBACK TO txn")
-            self._q("RELEASE txn")
-        elif self._db.in_transaction:
+        if self._db.in_transaction:
             self._q("ROLLBACK")
-            self._deferred = False
         self._load()
-
-    def defer_commit(self) -> None:
-        """Inside the outermost transaction: leave it open at its end, its COMMIT shared
-        with the next transaction's (see the module docstring). Ignored inside a batch."""
-        if self._depth == 0:
-            raise RuntimeError("defer_commit outside a transaction")
-        if self._depth == 1:
-            self._defer_this = True
-
-    @property
-    def commit_pending(self) -> bool:
-        """Whether a deferred transaction waits for its COMMIT."""
-        return self._deferred and self._depth == 0
-
-    def commit_deferred(self) -> None:
-        """COMMIT a deferred transaction now, if there is one (and no batch is running)."""
-        if self._deferred and self._depth == 0:
-            with self._txn:
-                pass
 
     def _w(self, sql: str, params=()) -> sqlite3.Cursor:
         cur = self._q(sql, params)
@@ -643,10 +584,8 @@ class Index:
         *,
         target: bytes | None = None,
         now_ns: int | None = None,
-        defer_commit: bool = False,
     ) -> InodeRow:
-        """create + link (+ symlink target) in one transaction: mkdir, mknod, create, symlink.
-        `defer_commit`: its COMMIT may wait for the next transaction's (`defer_commit()`)."""
+        """create + link (+ symlink target) in one transaction: mkdir, mknod, create, symlink."""
         _check_name(name)
         if not mode & S_IFMT:
             raise ValueError("mode must include the file type bits")
@@ -682,8 +621,6 @@ class Index:
                 "WHERE id = ?",
                 (1 if is_dir else 0, now, now, alloc_next, alloc_end, parent),
             )
-            if defer_commit:
-                self.defer_commit()
             return row
 
     def _insert_dentry(self, parent: int, name: bytes, ino: int) -> None:
