@@ -255,8 +255,8 @@ async def test_a_burst_of_small_files_does_not_wake_the_uploader_per_file(index,
     # 300 files released ~1 ms apart, each due `release_delay` after its release. The
     # first one due is packed with all the others; while that pack uploads (held at the
     # gate here), the others' due times still pass, one by one. The uploader serves due
-    # times at its tick, so that costs a few wake-ups per tick, not one per file (it did,
-    # and each wake-up cost the trio thread ~40 µs while a burst of small files ran).
+    # times at its tick, so that costs a few wake-ups per tick, not one per file (as it did,
+    # on the trio thread, while the burst of small files ran).
     store = GatedStore(tmp_path / "store", keys)
     store.gate = trio.Event()
     async with mounted(index, store, tmp_path / "cache", idle_seconds=60, release_delay=0.3) as fs:

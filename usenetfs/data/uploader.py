@@ -161,9 +161,10 @@ def _next_tick(deadline: float) -> float:
     """The first tick at or after `deadline`. The scheduling loop sleeps until then rather
     than until the deadline itself: in a burst of small files one is released every
     ~0.7 ms, each due `release_delay` later, and most are packed with an earlier one before
-    they are due; a wake-up at each of their due times (a Cancelled raised and caught each
-    time) cost the trio thread ~40 µs a file while the burst ran. Work wanted sooner (a
-    flush, pressure, a file due before the deadline) wakes the loop at once instead."""
+    they are due; waking at each of their due times (a Cancelled raised and caught each
+    time) took 717 wake-ups for 2,500 files (32 with the tick), all on the trio thread while
+    the burst ran. Work wanted sooner (a flush, pressure, a file due before the deadline)
+    wakes the loop at once instead."""
     return math.ceil(deadline / _TICK) * _TICK if deadline < math.inf else math.inf
 
 
