@@ -747,6 +747,24 @@ async def test_sequential_reads_prefetch_ahead(index, keys, tmp_path):
         assert fs.data.cache.size <= fs.data.cache.capacity
 
 
+async def test_a_sequential_read_looks_each_segment_up_about_once(index, keys, tmp_path, monkeypatch):
+    # A stream's read-ahead asked the index for a segment's row on every read until its
+    # prefetch ran (the budget spent, or the prefetch task started but not running yet,
+    # which also started it twice), and the prefetch looked it up again: 154 queries on
+    # the trio thread for these 40 segments. Now the row is kept for the prefetch.
+    store, content, ino, first = await uploaded_file(index, keys, tmp_path, segments=40)
+    calls = []
+    real = index.segment
+    monkeypatch.setattr(index, "segment", lambda seg: calls.append(seg) or real(seg))
+    async with mounted(index, store, tmp_path / "cache2", readahead_bytes=6 * SEG) as fs:
+        for pos in range(0, len(content), SEG // 2):  # two reads a segment
+            assert await fs.read(ino, pos, SEG // 2) == content[pos : pos + SEG // 2]
+        reader = fs.data.reader
+        await wait_until(lambda: reader._ra_bytes == 0 and not reader._ra_started)  # all accounted back
+    assert len(calls) <= 1.5 * 40, len(calls)
+    assert all(n == 1 for n in store.gets.values())  # each fetched once
+
+
 async def test_reads_of_one_stream_that_finish_out_of_order_keep_the_read_ahead(index, keys, tmp_path):
     """The kernel has two reads of a sequential reader in flight; the later one may finish
     first. That must not count as random access (which stops read-ahead)."""

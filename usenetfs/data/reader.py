@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 import trio
 from cachetools import LRUCache
 
 from ..index import Index, NotFound
 from ..index.layout import ExtentRow, Piece, locate
+from ..index.rows import SegmentRow
 from ..index.schema import DEAD, MISSING
 from ..nntp.errors import NNTPError
 from ..store.base import SegmentStore, SegmentUnavailable
@@ -78,6 +80,13 @@ class Reader:
         # stream's segments are still in the LRU)
         self._seq: LRUCache = LRUCache(maxsize=4096)
         self._ra_bytes = 0  # payload bytes of prefetches in flight
+        # segment -> its row, as a read-ahead looked it up and found the budget spent: the
+        # stream's next reads ask for the same segment until a prefetch ends (without this,
+        # an index query on the trio thread each time)
+        self._ra_rows: LRUCache = LRUCache(maxsize=256)
+        # segments whose prefetch task is started but may not have run yet (the cache knows
+        # a fetch only once it has): without this a read in between started another one
+        self._ra_started: set[int] = set()
         self.bad: dict[int, dict[int, str]] = {}  # ino -> {segment: reason}
 
     # ------------------------------------------------------------------ extent maps
@@ -100,6 +109,7 @@ class Reader:
 
     def repaired(self, seg: int) -> None:
         """Segment `seg` was posted again (verify --repair): reads of it will work now."""
+        self._ra_rows.pop(seg, None)  # its generation changed
         for ino in [ino for ino, record in self.bad.items() if seg in record]:
             del self.bad[ino][seg]
             if not self.bad[ino]:
@@ -112,11 +122,13 @@ class Reader:
 
     # ------------------------------------------------------------------ segments
 
-    async def load(self, seg: int) -> bytes:
+    async def load(self, seg: int, row: SegmentRow | None = None) -> bytes:
         """Segment `seg` from the disk cache, else from the store (with retries, and then
-        kept on disk); DataUnavailable (no inode) if neither has it."""
+        kept on disk); DataUnavailable (no inode) if neither has it. `row`: its index row,
+        if the caller has just looked it up."""
         try:
-            row = self.index.segment(seg)
+            if row is None:
+                row = self.index.segment(seg)
             scope = self.index.scope_bytes(row.scope)
         except NotFound as e:
             raise DataUnavailable(None, seg, f"not in the index ({e})") from None
@@ -142,9 +154,11 @@ class Reader:
                 delay *= 2
         raise DataUnavailable(None, seg, reason)
 
-    async def segment(self, seg: int, *, ino: int | None, first: bool = False, keep: bool = True) -> bytes:
+    async def segment(self, seg: int, *, ino: int | None, first: bool = False, keep: bool = True,
+                      row: SegmentRow | None = None) -> bytes:
+        loader = self.load if row is None else partial(self.load, row=row)
         try:
-            data = await self.cache.fetch(seg, self.load, first=first, keep=keep)
+            data = await self.cache.fetch(seg, loader, first=first, keep=keep)
         except DataUnavailable as e:
             if ino is None:
                 raise
@@ -281,16 +295,20 @@ class Reader:
         if ra_end <= front:
             return
         for seg in dict.fromkeys(p.segment for p in locate(rows, front, ra_end) if p.segment is not None):
-            if seg in self.cache or self.cache.in_flight(seg):
+            if seg in self.cache or self.cache.in_flight(seg) or seg in self._ra_started:
                 continue
-            try:
-                nbytes = self.index.segment(seg).payload_size
-            except NotFound:
-                return
-            if self._ra_bytes + nbytes > self.readahead_bytes:
+            row = self._ra_rows.pop(seg, None)
+            if row is None:
+                try:
+                    row = self.index.segment(seg)
+                except NotFound:
+                    return
+            if self._ra_bytes + row.payload_size > self.readahead_bytes:
+                self._ra_rows[seg] = row
                 return  # the budget is spent: later reads will prefetch further
-            self._ra_bytes += nbytes
-            self.nursery.start_soon(self._prefetch, seg, nbytes)
+            self._ra_bytes += row.payload_size
+            self._ra_started.add(seg)
+            self.nursery.start_soon(self._prefetch, row)
 
     def _drop_behind(self, rows: list[ExtentRow], kept_from: int, behind: int) -> int:
         """Scan resistance: take the segments a sequential reader has gone past (all of
@@ -309,13 +327,14 @@ class Reader:
                 self.cache.discard(p.segment)
         return pieces[-1].file_offset if pieces else behind
 
-    async def _prefetch(self, seg: int, nbytes: int) -> None:
+    async def _prefetch(self, row: SegmentRow) -> None:
         try:
-            await self.segment(seg, ino=None)
+            await self.segment(row.id, ino=None, row=row)  # the row just looked up: no query
         except DataUnavailable:
             pass  # the read that needs it will fail (and report) on its own
         finally:
-            self._ra_bytes -= nbytes
+            self._ra_bytes -= row.payload_size
+            self._ra_started.discard(row.id)
 
     # ------------------------------------------------------------------ health
 
