@@ -13,6 +13,7 @@ import argparse
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -104,6 +105,30 @@ def raw_run(host: str, port: int, connections: int, work, articles) -> float:
     for c in conns:
         c.sock.close()
     return elapsed
+
+
+def copy_beside_post_and_body(source: Path, directory: Path, host: str, port: int,
+                              connections: int, count: int) -> float:
+    """Seconds until both a `cp` of `source` into `directory` and a raw POST + BODY of
+    `count` fresh articles (each read back right after its POST, as usenetfs verifies an
+    upload) on `connections` connections are done. With `directory` in a FUSE filesystem
+    that does no work, this bounds what any filesystem here can do for cp + upload: the
+    copy and the posting share the machine's cores with INN, as a filesystem's would."""
+    articles = make_articles(count)
+
+    def post_and_read_back(connection: RawConnection, article: tuple[str, bytes]) -> None:
+        connection.post(article[1])
+        connection.body(article[0])
+
+    os.sync()  # no dirty pages left over from earlier steps for the copy to wait on
+    poster = threading.Thread(target=raw_run, args=(host, port, connections, post_and_read_back, articles))
+    started = time.perf_counter()
+    poster.start()
+    try:
+        subprocess.run(["cp", "--", str(source), str(directory / source.name)], check=True)
+    finally:
+        poster.join()
+    return time.perf_counter() - started
 
 
 # --------------------------------------------------------------- our client

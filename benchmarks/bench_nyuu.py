@@ -13,6 +13,13 @@ number of posting connections and the same article size (716,800-byte payloads, 
                       compressed (skipped for random data after a probe), encrypted, posted and
                       read back by BODY and compared byte for byte, on a volume capped at N
                       connections (POST and BODY share them)
+  the bound           (what any filesystem here could reach) cp of the file into a FUSE
+                      filesystem that does no work at all (memfs.py --sink) while the raw
+                      client POSTs and reads back by BODY as many fresh articles on N
+                      connections: the copy and the posting share the cores with INN, as a
+                      filesystem's would (bench_nntp.copy_beside_post_and_body)
+
+Every step starts with os.sync(), so none pays for the dirty pages of the step before.
 
 Each Nyuu run is checked, so a misconfigured one cannot report a speed: exit status 0, the NZB
 lists the expected number of distinct segments, INN filed that many new articles, and (checked
@@ -50,10 +57,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_nntp import PAYLOAD, make_articles, raw_run  # noqa: E402
+from bench_nntp import PAYLOAD, copy_beside_post_and_body, make_articles, raw_run  # noqa: E402
 from common import (GROUP, CpuMeter, CpuSampler, Volume, background_load, children,  # noqa: E402
                     dirty_mb, load_average, random_source)
 from usenetfs.innserver import InnServer  # noqa: E402
+import memfs  # noqa: E402
 
 NYUU = HERE / ".nyuu" / "node_modules" / "nyuu" / "bin" / "nyuu.js"
 # Nyuu 0.4.0 sends each article in 192 KiB chunks by default, and then often dies on this
@@ -184,7 +192,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-nyuu-"))
     os.chmod(tmp, 0o755)  # INN runs as news
     names = ("raw POST (bench_nntp client)", "Nyuu, no check",
-             f"Nyuu + post-check (+{args.check_connections} conn)", "usenetfs cp + umount, verified")
+             f"Nyuu + post-check (+{args.check_connections} conn)", "usenetfs cp + umount, verified",
+             "the bound: no-op FUSE cp + POST+BODY")
     rates: dict[str, list[float]] = {name: [] for name in names}
     volume = nyuu = None
     print(f"{args.size_mb} MiB of random data, {count} articles of {PAYLOAD} bytes, "
@@ -193,7 +202,8 @@ def main() -> None:
     print(f"{'':34}{'MB/s':>7}{'s':>6}{'tool':>6}{'INN':>6}{'innd':>6}{'busy':>6}{'others':>7}{'dirty':>7}"
           "  load average")
     try:
-        with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source:
+        with InnServer(tmp / "inn") as server, random_source(size, "bench-nyuu") as source, \
+                memfs.mounted(tmp / "sink", sink=True) as sink:
             volume = Volume(tmp, server.url, args.connections)
             nyuu = Nyuu(nyuu_cmd, server, tmp, args.connections, args.nyuu_chunked)
             for round_no in range(args.rounds):
@@ -205,6 +215,8 @@ def main() -> None:
                     names[1]: (size, lambda mark: nyuu.post(source)),
                     names[2]: (size, lambda mark: nyuu.post(source, args.check_connections)),
                     names[3]: (size, lambda mark: volume.copy_and_umount(source, f"big{round_no}", mark)),
+                    names[4]: (size, lambda mark: copy_beside_post_and_body(
+                        source, sink, server.host, server.port, args.connections, count)),
                 }
                 me = os.getpid()
                 server_pids = lambda: server.pids  # noqa: E731
@@ -215,10 +227,12 @@ def main() -> None:
                     names[1]: lambda: children(me),
                     names[2]: lambda: children(me),
                     names[3]: lambda: {me} | children(me) | volume.daemon_pids(),
+                    names[4]: lambda: {me} | children(me),  # the sink's daemon is a child
                 }
                 # Rotate the order each round, so no tool always runs on the emptiest spool.
-                for name in names[round_no % 4:] + names[:round_no % 4]:
+                for name in names[round_no % len(names):] + names[:round_no % len(names)]:
                     nbytes, fn = steps[name]
+                    os.sync()
                     if name == names[3]:
                         volume.mount()  # not timed
                     m = Measurement(fn, tool_pids[name], server_pids, innd_pid,
@@ -248,6 +262,8 @@ def main() -> None:
     ours = median[names[3]]
     print(f"  usenetfs / Nyuu (no check)      {ours / median[names[1]]:.2f}")
     print(f"  usenetfs / Nyuu (post-check)    {ours / median[names[2]]:.2f}")
+    print(f"  the bound / Nyuu (no check)     {median[names[4]] / median[names[1]]:.2f}")
+    print(f"  usenetfs / the bound            {ours / median[names[4]]:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ then, through the CLI and the mount:
 
   index size on disk (bytes per segment, per file), `usenetfs mount` wall time, VmRSS of the
   mount daemon after mount and after the walk, os.stat of random existing files (fresh
-  mount: cold dentries; p50/p99), the same with the file's folder looked up just before
+  mount: cold dentries; p50/p99, and each stat's time divided by the FUSE lookups it needed:
+  one cold lookup), the same with the file's folder looked up just before
   (one FUSE lookup each), listing the 10K-entry folder (scandir + stat), `find` over
   the whole tree (entries/s; time-boxed by --find-budget), creating and writing 1,000 new
   small files, `usenetfs flush` (their upload), and the unmount: the index backup that
@@ -320,25 +321,33 @@ def run_size(bench: Bench, denominator: int, round_no: int, args) -> dict:
         # yet (the kernel keeps the dentries of those it has). At full size almost every
         # sampled file sits in a folder of its own; at 1/100 the samples share folders, so
         # a stat there needs fewer lookups: the figures below compare different work.
+        # So each stat's time is also divided by the lookups it needed: the latency of one
+        # cold lookup, the per-operation figure, the same work at every size.
         looked_up = {shape["big_folder"]}
         lookups = 0
+        needed = []  # per stat: the FUSE lookups it needed
         cpu = ThreadsCPU(pid)
         for rel in sample:
+            parts = rel.strip("/").split("/")
+            fresh = ["/" + "/".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+            fresh = [prefix for prefix in fresh if prefix not in looked_up]
             path = str(mnt) + rel
             t = time.perf_counter_ns()
             os.stat(path)
             latencies.append((time.perf_counter_ns() - t) / 1000)
-            parts = rel.strip("/").split("/")
-            for depth in range(1, len(parts) + 1):
-                prefix = "/" + "/".join(parts[:depth])
-                if prefix not in looked_up:
-                    looked_up.add(prefix)
-                    lookups += 1
+            looked_up.update(fresh)
+            lookups += len(fresh)
+            needed.append(len(fresh))
         out["stat_lookups"] = lookups / len(sample)
         out["stat_cpu_us"] = cpu.seconds() / len(sample) * 1e6
         out["stat_cpu_per_lookup_us"] = out["stat_cpu_us"] / out["stat_lookups"]
         out["stat_p50_us"] = percentile(latencies, 0.5)
         out["stat_p99_us"] = percentile(latencies, 0.99)
+        slowest = sorted(range(len(sample)), key=latencies.__getitem__)[-max(1, len(sample) // 100):]
+        out["stat_p99_lookups"] = sum(needed[i] for i in slowest) / len(slowest)
+        per_lookup = [latency / n for latency, n in zip(latencies, needed) if n]
+        out["cold_lookup_p50_us"] = percentile(per_lookup, 0.5)
+        out["cold_lookup_p99_us"] = percentile(per_lookup, 0.99)
         # one FUSE lookup each: stat of a random file whose folder was looked up just before
         latencies = []
         for rel in candidates[-round_no * STAT_SAMPLE:][:STAT_SAMPLE]:
@@ -450,11 +459,16 @@ METRICS = [
     ("bytes_per_file", "  bytes per file", "B", "lower", None, None),
     ("mount_s", "usenetfs mount (wall)", "s", "lower", None, ("<", 3.0)),
     ("rss_mount_mb", "daemon VmRSS after mount", "MB", "lower", None, ("<", 500)),
-    ("stat_p50_us", "stat random file p50", "µs", "lower", 1.25, None),
-    ("stat_cpu_us", "  daemon CPU per stat", "µs", "lower", 1.25, None),
+    # A stat of a random cold path needs more lookups at full size (its folders are cold
+    # too): the per-operation goal is on one cold lookup, the stat's are shown beside it.
+    ("stat_p50_us", "stat random file p50", "µs", "lower", None, None),
+    ("stat_cpu_us", "  daemon CPU per stat", "µs", "lower", None, None),
     ("stat_lookups", "  FUSE lookups per stat", "n", "lower", None, None),
+    ("stat_p99_us", "stat random file p99", "µs", "lower", None, None),
+    ("stat_p99_lookups", "  lookups per stat, slowest 1%", "n", "lower", None, None),
+    ("cold_lookup_p50_us", "one cold lookup p50", "µs", "lower", 1.25, None),
+    ("cold_lookup_p99_us", "one cold lookup p99", "µs", "lower", 1.25, None),
     ("stat_cpu_per_lookup_us", "  daemon CPU per lookup", "µs", "lower", 1.25, None),
-    ("stat_p99_us", "stat random file p99", "µs", "lower", 1.25, None),
     ("lookup_p50_us", "stat, folder cached p50", "µs", "lower", 1.25, None),
     ("lookup_p99_us", "stat, folder cached p99", "µs", "lower", 1.25, None),
     ("list_10k_s", "scandir+stat 10K folder", "s", "lower", 1.25, None),

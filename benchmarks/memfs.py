@@ -2,7 +2,9 @@
 
 It keeps whole files in bytearrays and does nothing else (no index, no staging, no
 network), with the same mount options usenetfs uses (writeback cache, 1 MiB read-ahead).
-Run: python benchmarks/memfs.py MOUNTPOINT [READY_FILE]   (foreground; unmount with fusermount3 -u)
+With `--sink` it keeps no file data at all (writes only move the size; reads return
+zeros): the cost of the FUSE copy alone, for bench_fs.py's bound on copying in and posting.
+Run: python benchmarks/memfs.py [--sink] MOUNTPOINT [READY_FILE]   (foreground; unmount with fusermount3 -u)
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -127,6 +132,37 @@ class MemFS(pyfuse3.Operations):
         return result
 
 
+class SinkFS(MemFS):
+    """MemFS that drops what is written: a file is only its size."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: dict[int, int] = {}
+
+    def _entry(self, inode: int) -> pyfuse3.EntryAttributes:
+        entry = super()._entry(inode)
+        entry.st_size = self.sizes.get(inode, 0)
+        entry.st_blocks = (entry.st_size + 511) // 512
+        return entry
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            self.sizes[inode] = attr.st_size
+        return self._entry(inode)
+
+    async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:
+            self.sizes[inode] = 0
+        return pyfuse3.FileInfo(fh=inode)
+
+    async def read(self, fh, off, size):
+        return bytes(max(0, min(size, self.sizes.get(fh, 0) - off)))
+
+    async def write(self, fh, off, buf):
+        self.sizes[fh] = max(self.sizes.get(fh, 0), off + len(buf))
+        return len(buf)
+
+
 def serve(operations, mountpoint: str, fsname: str, ready_file: str | None) -> None:
     """Mount `operations` (which set `initialized` in their init) at `mountpoint` and
     serve until unmounted; READY_FILE is created once the mount is ready (INIT answered,
@@ -151,9 +187,31 @@ def serve(operations, mountpoint: str, fsname: str, ready_file: str | None) -> N
         pyfuse3.close(unmount=True)
 
 
+@contextmanager
+def mounted(mountpoint: Path, *, sink: bool = False):
+    """This filesystem (with `sink`: SinkFS) mounted at the new directory `mountpoint` by a
+    child process, for the benchmarks to measure against; unmounted on leaving."""
+    mountpoint.mkdir()
+    ready = mountpoint.with_name(mountpoint.name + "-ready")
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *(["--sink"] if sink else []),
+                             str(mountpoint), str(ready)])
+    try:
+        deadline = time.time() + 10
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)])
+        proc.wait(10)
+
+
 def main() -> None:
-    """memfs.py MOUNTPOINT [READY_FILE]"""
-    serve(MemFS(), sys.argv[1], "memfs", sys.argv[2] if len(sys.argv) > 2 else None)
+    """memfs.py [--sink] MOUNTPOINT [READY_FILE]"""
+    args = sys.argv[1:]
+    sink = args[:1] == ["--sink"]
+    if sink:
+        args = args[1:]
+    serve(SinkFS() if sink else MemFS(), args[0], "sinkfs" if sink else "memfs", args[1] if len(args) > 1 else None)
 
 
 if __name__ == "__main__":
