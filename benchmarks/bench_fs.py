@@ -155,7 +155,7 @@ def main() -> None:
 
             with memfs.mounted(tmp / "sink", sink=True) as sink:
                 bound_s = copy_beside_post_and_body(source, sink, server.host, server.port,
-                                                    args.connections, len(articles))
+                                                    args.connections, make_articles(len(articles)))
             print(f"  (the bound: cp into a no-op FUSE filesystem beside a raw POST + BODY of as many "
                   f"articles: {bound_s:.2f} s)")
             rows.append(("  the bound on cp + umount", size / bound_s / 1e6, raw_post, "raw POST", None))

@@ -108,14 +108,13 @@ def raw_run(host: str, port: int, connections: int, work, articles) -> float:
 
 
 def copy_beside_post_and_body(source: Path, directory: Path, host: str, port: int,
-                              connections: int, count: int) -> float:
+                              connections: int, articles: list[tuple[str, bytes]]) -> float:
     """Seconds until both a `cp` of `source` into `directory` and a raw POST + BODY of
-    `count` fresh articles (each read back right after its POST, as usenetfs verifies an
-    upload) on `connections` connections are done. With `directory` in a FUSE filesystem
-    that does no work, this bounds what any filesystem here can do for cp + upload: the
-    copy and the posting share the machine's cores with INN, as a filesystem's would."""
-    articles = make_articles(count)
-
+    `articles` (make_articles: not yet posted; each read back right after its POST, as
+    usenetfs verifies an upload) on `connections` connections are done. With `directory`
+    in a FUSE filesystem that does no work, this bounds what any filesystem here can do
+    for cp + upload: the copy and the posting share the machine's cores with INN, as a
+    filesystem's would."""
     def post_and_read_back(connection: RawConnection, article: tuple[str, bytes]) -> None:
         connection.post(article[1])
         connection.body(article[0])

@@ -208,6 +208,7 @@ def main() -> None:
             nyuu = Nyuu(nyuu_cmd, server, tmp, args.connections, args.nyuu_chunked)
             for round_no in range(args.rounds):
                 articles = make_articles(count)
+                fresh = make_articles(count)  # for the bound: built here, outside its timing
                 payload = count * PAYLOAD
                 steps = {
                     names[0]: (payload, lambda mark: raw_run(server.host, server.port, args.connections,
@@ -216,7 +217,7 @@ def main() -> None:
                     names[2]: (size, lambda mark: nyuu.post(source, args.check_connections)),
                     names[3]: (size, lambda mark: volume.copy_and_umount(source, f"big{round_no}", mark)),
                     names[4]: (size, lambda mark: copy_beside_post_and_body(
-                        source, sink, server.host, server.port, args.connections, count)),
+                        source, sink, server.host, server.port, args.connections, fresh)),
                 }
                 me = os.getpid()
                 server_pids = lambda: server.pids  # noqa: E731
@@ -246,7 +247,7 @@ def main() -> None:
                     print(f"{name:34}{rates[name][-1]:7.1f}{m.seconds:6.1f}{tool:6.1f}{inn:6.1f}"
                           f"{m.cpu['innd'] / m.seconds:6.0%}{m.busy:6.0%}{m.others:7.0%}{m.dirty:7.0f}"
                           f"  {load_average()}{split}", flush=True)
-                articles = steps = None  # free the pre-built articles before the next round's
+                articles = fresh = steps = None  # free the pre-built articles before the next round's
                 print()
     finally:
         if volume is not None:
