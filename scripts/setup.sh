@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-# Build tools for pyfuse3 (compiled against libfuse3), INN, and what the tests drive.
-PKGS="python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev inn2 rsync attr openssl libglib2.0-bin procps util-linux"
+# Build tools for pyfuse3 (compiled against libfuse3), INN, and what the tests drive
+# (systemd: its systemd-analyze checks the units in contrib/).
+PKGS="python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev inn2 rsync attr openssl libglib2.0-bin procps util-linux systemd"
 
 missing=""
 for p in $PKGS; do
