@@ -620,6 +620,25 @@ def test_segment_run_ids_are_consecutive(ix: Index):
     assert not ix.discard_segment(first)  # referenced: stays
 
 
+def test_discard_unreferenced_buries_only_the_unreferenced_of_a_run(ix: Index):
+    # An upload of 4 segments committed after its file shrank to the first 1.5: the last
+    # two got no extent. They die (their posted bytes garbage); the referenced ones stay.
+    f = mkfile(ix, b"f", 40)
+    first = ix.new_segment_run(1, 4, 10)
+    for seg in range(first, first + 4):
+        ix.mark_posted(seg, 0, 30, 1)
+        ix.mark_verified(seg)
+    ix.truncate(f, 15)
+    ix.set_extents(f, [extent(0, 15, first, 0, 10)])
+    assert ix.stats().stored_bytes == 120 and ix.stats().garbage_bytes == 0
+    ix.discard_unreferenced(first, first + 3)
+    assert [ix.segment(s).state for s in range(first, first + 4)] == [VERIFIED, VERIFIED, DEAD, DEAD]
+    assert ix.stats().stored_bytes == 60 and ix.stats().garbage_bytes == 60
+    ix.discard_unreferenced(first, first + 3)  # counted once
+    assert ix.stats().garbage_bytes == 60
+    assert ix.fsck() == []
+
+
 def test_compact_segment_encoding(ix: Index, path: Path):
     """Standard-size payloads are stored as NULL, stored sizes as the small overhead; the
     API still reports the real numbers."""

@@ -437,6 +437,71 @@ async def test_writes_during_an_upload_keep_the_file_dirty(index, keys, tmp_path
     assert await fresh_read(index, store, tmp_path, ino) == b"SECOND" + (b"first version " * 1000)[6:]
 
 
+async def test_a_truncate_during_an_upload_leaves_no_live_segment_unreferenced(index, keys, tmp_path):
+    # The upload of 3 segments commits after the file was cut to less than one: the rows
+    # of the two segments past the new size are cut away, so those segments must die
+    # (their bytes garbage), not stay verified with no extent (found by t5_fsx_test).
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()
+    content = os.urandom(3 * SEG)
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60) as fs:
+        ino = await fs.write_file(b"f", content)
+        await wait_until(lambda: store.entered >= 1)
+        await fs.data.open_for_write(ino, 0, truncate=False)
+        await fs.truncate(ino, SEG // 2)
+        store.gate.set()
+        await wait_until(lambda: fs.data.uploader.active_jobs == 0)
+        fs.data.release(ino, ROOT_INODE)
+        await fs.data.flush_all()
+        assert await fs.read(ino) == content[: SEG // 2]
+    assert index.fsck() == []
+    stats = index.stats()
+    assert stats.garbage_bytes > 0  # the cut segments' bytes, posted and now dead
+    assert await fresh_read(index, store, tmp_path, ino) == content[: SEG // 2]
+
+
+async def test_a_truncate_after_an_upload_survives_a_crash_before_the_staging_file_goes(index, store, tmp_path):
+    # Uploaded and committed: the staging file is retired, kept until the commit is durable
+    # (sync_delay). A truncate then changes only the index (the file is clean). A crash
+    # before the purge makes the next mount adopt the retired staging file and upload it
+    # again; that upload must not bring the old length back (found by t5_fsx_test).
+    content = os.urandom(3 * SEG + 100)
+    cut = SEG + 7
+    async with mounted(index, store, tmp_path / "cache", sync_delay=600) as fs:
+        ino = await fs.write_file(b"f", content)
+        await wait_until(lambda: fs.data.dirty_size(ino) is None)
+        assert staged(tmp_path) == [str(ino)]  # retired, not purged yet
+        await fs.truncate(ino, cut)
+        assert await fs.read(ino) == content[:cut]
+        fs.data.uploader.sync_retired = lambda: False  # the "crash": no purge at the end
+    assert staged(tmp_path) == [str(ino)]
+    async with mounted(index, store, tmp_path / "cache") as fs:
+        await fs.data.flush_all()
+        assert index.get_inode(ino).size == cut
+        assert await fs.read(ino) == content[:cut]
+    assert index.fsck() == []
+    assert await fresh_read(index, store, tmp_path, ino) == content[:cut]
+
+
+async def test_a_pack_whose_members_all_went_leaves_no_live_segment_unreferenced(index, keys, tmp_path):
+    # Small files packed together over two segments; every file in the second segment is
+    # deleted while the pack is in flight: that segment must die with the commit.
+    store = GatedStore(tmp_path / "store", keys)
+    store.gate = trio.Event()
+    async with mounted(index, store, tmp_path / "cache", idle_seconds=60, release_delay=0.05) as fs:
+        d = fs.mkdir(b"d")
+        names = [b"f%d" % i for i in range(12)]
+        for name in names:
+            await fs.write_file(name, os.urandom(100_000), parent=d)
+        await wait_until(lambda: store.entered >= 1)
+        for name in names[6:]:
+            fs.delete(name, parent=d)
+        store.gate.set()
+        await wait_until(lambda: fs.data.uploader.active_jobs == 0)
+        await fs.data.flush_all()
+    assert index.fsck() == []
+
+
 async def test_backpressure_makes_writers_wait_not_fail(index, keys, tmp_path):
     store = GatedStore(tmp_path / "store", keys)
     limit = 200 * 1024

@@ -257,7 +257,8 @@ class FileData:
     async def truncate(self, ino: int, size: int) -> None:
         """Set a dirty file's staging length to `size`. A clean file needs nothing: its
         index size (set by the fs) cuts or extends it, bytes past the old end read as a
-        hole. Call it right after `Index.truncate`, with no await in between."""
+        hole; only a retired staging file it still has is cut too (Staging.truncate_retired).
+        Call it right after `Index.truncate`, with no await in between."""
         self._created.discard(ino)  # no longer empty: the next write reads the size
         while True:
             d = self.staging.files.get(ino)
@@ -270,6 +271,7 @@ class FileData:
                 return
             lock = self._locks.get(ino)
             if lock is None or not lock.locked():
+                self.staging.truncate_retired(ino, size)
                 self.reader.invalidate(ino)
                 return
             async with lock:  # a materialisation is running: truncate its result

@@ -285,6 +285,18 @@ class Staging:
             self.notify()
         return d
 
+    def truncate_retired(self, ino: int, size: int) -> None:
+        """A clean file whose staging file is retired (still on disk) was truncated: cut
+        that file to `size` too. A crash before the purge has the next mount adopt it and
+        upload it again, and its length then becomes the file's: it must be this one."""
+        if ino not in self.retired:
+            return
+        path = self._path(ino)
+        os.truncate(path, size)
+        alloc = os.stat(path).st_blocks * 512
+        self.used += alloc - self.retired[ino]
+        self.retired[ino] = alloc
+
     def purge_retired(self) -> int:
         """Every retired staging file goes (their commits are durable now): renamed out of
         the way at once (`purged-<ino>-<n>.tmp`: the inode's staging path is free again),

@@ -551,6 +551,11 @@ class Uploader:
                 committed.append(m)
             if not committed:
                 self._discard(plan)
+            elif plan.count:
+                # A member cut shorter meanwhile (truncated) or skipped (gone, written
+                # again) leaves some of these segments without an extent: they die now,
+                # as superseded segments do, instead of staying live and unreferenced.
+                index.discard_unreferenced(plan.first, plan.first + plan.count - 1)
         plan.committed = True
         for m in committed:
             d = m.d

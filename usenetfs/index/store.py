@@ -1111,6 +1111,13 @@ class Index:
             self._bury(seg, seg)
             return self._c["seg_dead"] != before
 
+    def discard_unreferenced(self, first: int, last: int) -> None:
+        """Segments in [first, last] that no extent references become dead (their posted
+        bytes garbage): what an upload leaves behind when, while it was in flight, its file
+        shrank or lost the members those segments held. One range query."""
+        with self._txn:
+            self._bury(first, last)
+
     def _state(self, seg: int) -> tuple[int, int, int | None]:
         row = self._q("SELECT state, generation, posted_min FROM segments WHERE id = ?", (seg,)).fetchone()
         if row is None:

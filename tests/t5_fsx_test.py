@@ -1,0 +1,214 @@
+"""Level 5: random file operations through a real mount, checked against a model (fsx's
+idea). Writes at random offsets (holes, segment boundaries, rewrites of posted data),
+truncates up and down, O_APPEND writes, reads, fsync, hard links, renames over open files
+and unlinks. Every 40 steps, with every file closed, one of: uploads forced (`usenetfs
+flush`), the caches dropped (umount, cache clear, mount: the bytes then come from the
+server), or the daemon killed with SIGKILL mid-whatever and mounted again (every closed
+file must survive). Every read is compared with the model at once, and every file in full
+at each of those points and at the end.
+
+The seeds are fixed, so a failure is reproducible: the message names the seed and the step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from t5_mount_test import volume  # noqa: F401  (the fixture)
+
+SEG = 716_800  # the volume's segment size: writes and truncates cross its boundaries
+MAX_SIZE = 5 * SEG
+NAMES = ("a", "b", "c", "d")
+
+
+class Model:
+    """What each name holds (names that are hard links of one file share its bytearray),
+    and one open O_RDWR descriptor per name at most."""
+
+    def __init__(self, root, rng: random.Random):
+        self.root, self.rng = root, rng
+        self.files: dict[str, bytearray] = {}
+        self.fds: dict[str, int] = {}
+        self.log: list[str] = []
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def fd(self, name: str) -> int:
+        if name not in self.fds:
+            flags = os.O_RDWR | (0 if name in self.files else os.O_CREAT | os.O_EXCL)
+            self.fds[name] = os.open(self.path(name), flags, 0o644)
+            self.files.setdefault(name, bytearray())
+        return self.fds[name]
+
+    def close_all(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    # ------------------------------------------------------------------ operations
+
+    def write(self, name: str) -> None:
+        data = self.files.get(name, bytearray())
+        offset = self.rng.randrange(0, min(len(data) + 2 * SEG, MAX_SIZE))
+        length = min(self.rng.choice((1, 17, 4096, 65_536, SEG - 1, SEG + 3, 1_200_000)), MAX_SIZE - offset)
+        payload = self.rng.randbytes(length)
+        self.log.append(f"write {name} at {offset} ({length} bytes)")
+        assert os.pwrite(self.fd(name), payload, offset) == length
+        data = self.files[name]
+        if offset > len(data):
+            data.extend(bytes(offset - len(data)))
+        data[offset:offset + length] = payload
+
+    def append(self, name: str) -> None:
+        payload = self.rng.randbytes(self.rng.choice((1, 3000, 300_000)))
+        if len(self.files.get(name, b"")) + len(payload) > MAX_SIZE:
+            return
+        self.log.append(f"append {name} ({len(payload)} bytes)")
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            assert os.write(fd, payload) == len(payload)
+        finally:
+            os.close(fd)
+        self.files.setdefault(name, bytearray()).extend(payload)
+
+    def truncate(self, name: str) -> None:
+        size = self.rng.choice((0, self.rng.randrange(0, MAX_SIZE), SEG, 2 * SEG + 1))
+        self.log.append(f"truncate {name} to {size}")
+        os.ftruncate(self.fd(name), size)
+        data = self.files[name]
+        if size < len(data):
+            del data[size:]
+        else:
+            data.extend(bytes(size - len(data)))
+
+    def read(self, name: str) -> None:
+        if name not in self.files:
+            return
+        data = self.files[name]
+        offset = self.rng.randrange(0, len(data) + 2)
+        length = self.rng.choice((1, 4096, SEG, 2 * SEG))
+        self.log.append(f"read {name} at {offset} ({length} bytes)")
+        got = os.pread(self.fd(name), length, offset)
+        assert got == bytes(data[offset:offset + length]), self.where(f"read of {name} at {offset}")
+
+    def fsync(self, name: str) -> None:
+        if name in self.fds:
+            self.log.append(f"fsync {name}")
+            os.fsync(self.fds[name])
+
+    def close(self, name: str) -> None:
+        if name in self.fds:
+            self.log.append(f"close {name}")
+            os.close(self.fds.pop(name))
+
+    def rename(self, name: str) -> None:
+        """Rename `name` over another name (which may be open: its descriptor then reads
+        the old file, which the model forgets, so it is closed first)."""
+        if name not in self.files:
+            return
+        target = self.rng.choice([n for n in NAMES if n != name])
+        self.log.append(f"rename {name} over {target}")
+        if self.files.get(target) is self.files[name]:
+            os.rename(self.path(name), self.path(target))  # names of one file: nothing happens
+            return
+        if target in self.fds:
+            os.close(self.fds.pop(target))
+        os.rename(self.path(name), self.path(target))
+        self.files[target] = self.files.pop(name)
+        if name in self.fds:
+            self.fds[target] = self.fds.pop(name)
+
+    def link(self, name: str) -> None:
+        """A hard link of `name` under a name not in use."""
+        free = [n for n in NAMES if n not in self.files]
+        if name not in self.files or not free:
+            return
+        target = self.rng.choice(free)
+        self.log.append(f"link {name} as {target}")
+        os.link(self.path(name), self.path(target))
+        self.files[target] = self.files[name]
+
+    def unlink(self, name: str) -> None:
+        if name not in self.files:
+            return
+        self.log.append(f"unlink {name}")
+        if name in self.fds:
+            os.close(self.fds.pop(name))
+        os.unlink(self.path(name))
+        del self.files[name]
+
+    # ------------------------------------------------------------------ checks
+
+    def where(self, what: str) -> str:
+        return f"{what} differs from the model after: " + "; ".join(self.log[-8:])
+
+    def check_all(self) -> None:
+        assert sorted(os.listdir(self.root)) == sorted(self.files), self.where("the listing")
+        for name, data in self.files.items():
+            st = os.stat(self.path(name))
+            assert st.st_size == len(data), self.where(f"the size of {name}")
+            links = sum(other is data for other in self.files.values())
+            assert st.st_nlink == links, self.where(f"the link count of {name}")
+            with open(self.path(name), "rb") as f:
+                assert f.read() == bytes(data), self.where(f"the content of {name}")
+
+
+OPERATIONS = {"write": 30, "append": 6, "truncate": 8, "read": 25, "fsync": 4, "close": 8, "rename": 4,
+              "link": 2, "unlink": 2}
+
+
+def crash_and_mount(volume) -> None:  # noqa: F811
+    os.kill(volume.daemon_pid(), signal.SIGKILL)
+    subprocess.run(["fusermount3", "-uz", str(volume.mountpoint)], capture_output=True)
+    time.sleep(0.2)
+    volume.mount()
+
+
+def cold_mount(volume) -> None:  # noqa: F811
+    volume.umount()
+    volume.run("cache", "clear", "vol")
+    volume.mount()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_operations_match_the_model_across_uploads_crashes_and_remounts(volume, seed):  # noqa: F811
+    rng = random.Random(seed)
+    root = volume.mountpoint / "fsx"
+    root.mkdir()
+    model = Model(root, rng)
+    kinds, weights = zip(*OPERATIONS.items())
+    checkpoints = []
+    for step in range(240):
+        kind = rng.choices(kinds, weights)[0]
+        name = rng.choice(NAMES)
+        try:
+            getattr(model, kind)(name)
+        except OSError as e:
+            raise AssertionError(f"seed {seed}, step {step}: {kind} {name}: {errno.errorcode.get(e.errno)} "
+                                 + model.where("the filesystem")) from e
+        if step % 40 == 39:
+            model.close_all()
+            model.check_all()
+            checkpoint = ("flush", "cold", "crash")[len(checkpoints) % 3]
+            model.log.append(checkpoint)
+            if checkpoint == "flush":  # everything posted and read back
+                volume.run("flush", str(volume.mountpoint), timeout=300)
+            elif checkpoint == "cold":  # the bytes now come from the server
+                cold_mount(volume)
+            else:  # killed in whatever it was doing (uploads in flight): closed files survive
+                crash_and_mount(volume)
+            checkpoints.append(checkpoint)
+            model.check_all()
+    model.close_all()
+    model.check_all()
+    assert checkpoints == ["flush", "cold", "crash"] * 2
+    cold_mount(volume)  # and once more from the server alone
+    model.check_all()
