@@ -292,8 +292,11 @@ class Staging:
         if ino not in self.retired:
             return
         path = self._path(ino)
-        os.truncate(path, size)
-        alloc = os.stat(path).st_blocks * 512
+        try:
+            os.truncate(path, size)
+            alloc = os.stat(path).st_blocks * 512
+        except FileNotFoundError:  # removed behind our back: nothing left to resurrect
+            return
         self.used += alloc - self.retired[ino]
         self.retired[ino] = alloc
 
