@@ -19,7 +19,7 @@ Steps 2 and 4 and the raw BODY ceiling are each measured ROUNDS (3) times in the
 compared by their medians (every figure is printed): single runs of them moved by ±15% on
 these shared machines.
 
-    python benchmarks/bench_fs.py [--size-mb 1024] [--connections 4]
+    python benchmarks/bench_fs.py [--size-mb 1024] [--connections 4] [--touch-memory GIB]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_nntp import copy_beside_post_and_body, make_articles, raw_run  # noqa: E402
-from common import Volume, random_source, timed  # noqa: E402
+from common import Volume, random_source, timed, touch_memory  # noqa: E402
 import memfs  # noqa: E402
 from usenetfs.innserver import InnServer  # noqa: E402
 
@@ -75,7 +75,11 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--warm-mb", type=int, default=128)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--touch-memory", type=int, default=0, metavar="GIB",
+                        help="touch this much memory first (common.touch_memory: comparable runs on a VM)")
     args = parser.parse_args()
+    if args.touch_memory:
+        print(f"  (touched {args.touch_memory} GiB of memory first: {touch_memory(args.touch_memory):.1f} s)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-fs-"))
     os.chmod(tmp, 0o755)
     class Rows(list):

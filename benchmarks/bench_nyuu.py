@@ -37,7 +37,7 @@ compare figures of one run, and only steps whose "others" stayed low.
 
 Needs Nyuu: `bash benchmarks/setup_nyuu.sh` (installs it into benchmarks/.nyuu).
 
-    python benchmarks/bench_nyuu.py [--size-mb 1024] [--connections 4] [--rounds 1]
+    python benchmarks/bench_nyuu.py [--size-mb 1024] [--connections 4] [--rounds 1] [--touch-memory GIB]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_nntp import PAYLOAD, copy_beside_post_and_body, make_articles, raw_run  # noqa: E402
 from common import (GROUP, CpuMeter, CpuSampler, Volume, background_load, children,  # noqa: E402
-                    dirty_mb, load_average, random_source)
+                    dirty_mb, load_average, random_source, touch_memory)
 from usenetfs.innserver import InnServer  # noqa: E402
 import memfs  # noqa: E402
 
@@ -182,9 +182,13 @@ def main() -> None:
     parser.add_argument("--nyuu-chunked", action="store_true",
                         help="leave Nyuu's default 192K post chunks (crash-prone, see NYUU_ATTEMPTS)")
     parser.add_argument("--nyuu", default=str(NYUU), help=f"nyuu.js (default {NYUU})")
+    parser.add_argument("--touch-memory", type=int, default=0, metavar="GIB",
+                        help="touch this much memory first (common.touch_memory: comparable runs on a VM)")
     args = parser.parse_args()
     if args.size_mb < 1 or args.connections < 1 or args.rounds < 1 or args.check_connections < 1:
         parser.error("--size-mb, --connections, --rounds and --check-connections must be at least 1")
+    if args.touch_memory:
+        print(f"touched {args.touch_memory} GiB of memory first: {touch_memory(args.touch_memory):.1f} s")
     nyuu_cmd = nyuu_command(args)
     size = args.size_mb << 20
     count = -(-size // PAYLOAD)

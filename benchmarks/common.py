@@ -156,6 +156,20 @@ def background_load(seconds: float = 1.0) -> float:
     return meter.stop()
 
 
+def touch_memory(gib: int) -> float:
+    """Write one byte in every page of `gib` GiB of anonymous memory, then free it; returns
+    the seconds it took. On these VMs the copies into fresh page-cache pages (a copy into a
+    FUSE file, the staging file, INN's spool) ran several times slower in some runs than in
+    others, and a run that followed this was fast again (docs/performance.md, "Tenth
+    session": the cause was not found). Touching memory first makes runs comparable."""
+    import mmap
+    started = time.perf_counter()
+    with mmap.mmap(-1, gib << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as memory:
+        for offset in range(0, gib << 30, mmap.PAGESIZE):
+            memory[offset] = 1
+    return time.perf_counter() - started
+
+
 def dirty_mb() -> float:
     """MB of file data waiting to be written to disk (Dirty + Writeback in /proc/meminfo):
     past vm.dirty_ratio the kernel throttles every writer, INN's spool and our staging alike."""
