@@ -584,12 +584,8 @@ class Uploader:
     def _discard(self, plan: _Plan) -> None:
         if not plan.count or plan.committed:
             return
-        with self.index.batch():
-            for seg in range(plan.first, plan.first + plan.count):
-                try:
-                    self.index.discard_segment(seg)
-                except NotFound:
-                    pass
+        # One range query: rows already gone are skipped, referenced ones stay.
+        self.index.discard_unreferenced(plan.first, plan.first + plan.count - 1)
         plan.count = 0
 
     def _finish(self, job: _Job, error: BaseException | None) -> None:
