@@ -16,9 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
-import subprocess
-import time
 
 import pytest
 
@@ -258,19 +255,6 @@ OPERATIONS = {"write": 30, "append": 6, "truncate": 8, "read": 25, "fsync": 4, "
               "link": 2, "unlink": 2, "xattr": 4, "orphan": 1, "orphan_io": 4, "move_folder": 2}
 
 
-def crash_and_mount(volume) -> None:  # noqa: F811
-    os.kill(volume.daemon_pid(), signal.SIGKILL)
-    subprocess.run(["fusermount3", "-uz", str(volume.mountpoint)], capture_output=True)
-    time.sleep(0.2)
-    volume.mount()
-
-
-def cold_mount(volume) -> None:  # noqa: F811
-    volume.umount()
-    volume.run("cache", "clear", "vol")
-    volume.mount()
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_operations_match_the_model_across_uploads_crashes_and_remounts(volume, seed):  # noqa: F811
     root = volume.mountpoint / "fsx"
@@ -306,13 +290,13 @@ def run(model: Model, volume, seed: int) -> None:  # noqa: F811
             if checkpoint == "flush":  # everything posted and read back
                 volume.run("flush", str(volume.mountpoint), timeout=300)
             elif checkpoint == "cold":  # the bytes now come from the server
-                cold_mount(volume)
+                volume.cold_mount()
             else:  # killed in whatever it was doing (uploads in flight): closed files survive
-                crash_and_mount(volume)
+                volume.crash_and_mount()
             checkpoints.append(checkpoint)
             model.check_all()
     model.close_all()
     model.check_all()
     assert checkpoints == ["flush", "cold", "crash"] * 2
-    cold_mount(volume)  # and once more from the server alone
+    volume.cold_mount()  # and once more from the server alone
     model.check_all()

@@ -50,6 +50,19 @@ class Mount:
         self.run("umount", str(self.mountpoint), *extra, timeout=300)
         assert not os.path.ismount(self.mountpoint)
 
+    def crash_and_mount(self) -> None:
+        """kill -9 the daemon in whatever it is doing, detach the dead mount, mount again."""
+        os.kill(self.daemon_pid(), signal.SIGKILL)
+        subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
+        time.sleep(0.2)
+        self.mount()
+
+    def cold_mount(self) -> None:
+        """Unmount (everything posted), drop the cache, mount: reads then come from the server."""
+        self.umount()
+        self.run("cache", "clear", "vol")
+        self.mount()
+
     def daemon_pid(self) -> int:
         import json
         info = json.loads((self.home / "data/volumes/vol/mount.json").read_text())
@@ -308,16 +321,11 @@ def test_files_closed_just_before_a_kill_9_survive(volume):
         with open(volume.mountpoint / name, "wb") as f:
             f.write(data)
     (volume.mountpoint / "d" / "empty").touch()
-    os.kill(volume.daemon_pid(), signal.SIGKILL)
-    subprocess.run(["fusermount3", "-uz", str(volume.mountpoint)], capture_output=True)
-    time.sleep(0.2)
-    volume.mount()
+    volume.crash_and_mount()
     assert sorted(os.listdir(volume.mountpoint / "d")) == sorted([n[2:] for n in files] + ["empty"])
     for name, data in files.items():
         assert (volume.mountpoint / name).read_bytes() == data
-    volume.umount()
-    volume.run("cache", "clear", "vol")
-    volume.mount()
+    volume.cold_mount()
     for name, data in files.items():
         assert (volume.mountpoint / name).read_bytes() == data
     assert (volume.mountpoint / "d" / "empty").stat().st_size == 0
